@@ -1,0 +1,65 @@
+"""metadata.json: everything serving needs to reproduce training's preprocessing, and what a
+person needs to judge the model."""
+
+from __future__ import annotations
+
+import datetime as _dt
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+FORMAT = "face-attributes/torchscript"
+FORMAT_VERSION = 1
+
+
+class ArtifactMetadata(BaseModel):
+    # Unknown keys are kept (newer writers may add some); required keys are enforced.
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    format: Literal["face-attributes/torchscript"] = FORMAT
+    format_version: int = FORMAT_VERSION
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    labels: list[str] = Field(min_length=1)
+    # (height, width) the model expects; serving resizes every image to exactly this.
+    input_size: tuple[int, int]
+    # Per-channel RGB statistics applied after scaling uint8 pixels to [0, 1].
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
+    threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # What the TorchScript module returns for a (N, 3, H, W) float batch: (N, len(labels)).
+    output_kind: Literal["probabilities", "logits"]
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    backbone: str | None = None
+    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    training: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels_unique(cls, labels: list[str]) -> list[str]:
+        if len(set(labels)) != len(labels):
+            raise ValueError("labels must be unique")
+        return labels
+
+    @field_validator("input_size")
+    @classmethod
+    def _positive_size(cls, size: tuple[int, int]) -> tuple[int, int]:
+        if min(size) < 8 or max(size) > 4096:
+            raise ValueError(f"input_size {size} must be (height, width) between 8 and 4096")
+        return size
+
+    @model_validator(mode="after")
+    def _std_positive(self) -> ArtifactMetadata:
+        if min(self.std) <= 0:
+            raise ValueError(f"std {self.std} must be > 0 in every channel")
+        return self
+
+    @property
+    def height(self) -> int:
+        return self.input_size[0]
+
+    @property
+    def width(self) -> int:
+        return self.input_size[1]

@@ -1,0 +1,92 @@
+"""Stage 1 of the pipeline (decode -> predict -> encode): untrusted bytes -> uint8 CHW tensor.
+
+Every failure is an ApiError (a 4xx), never a crash: nothing here may take a replica down.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from model_store.preprocess import resize_for_model
+from serve_app.errors import ApiError
+
+# Only these parsers are ever run on user bytes (fewer decoders, less attack surface).
+ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # JPEG also opens MPO (phone photos)
+SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """What the current model expects; comes from the artifact's metadata, never hard-coded."""
+
+    input_size: tuple[int, int]  # (height, width)
+    interpolation: str
+    version: str
+
+
+def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> torch.Tensor:
+    """Image file bytes -> (3, H, W) uint8 tensor at the model's input size."""
+    if not data:
+        raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
+    with warnings.catch_warnings():
+        # Pillow's decompression-bomb guard warns before it errors; treat both as refusals.
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        try:
+            image = _open_and_load(data, spec, max_pixels)
+        except ApiError:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise ApiError(400, "image_too_large", f"refused as a decompression bomb: {e}") from e
+        except UnidentifiedImageError as e:
+            raise ApiError(
+                400, "undecodable_image", f"not a decodable {SUPPORTED_TEXT} image"
+            ) from e
+        except Exception as e:
+            # Truncated or corrupted files surface as OSError, SyntaxError, ValueError,
+            # EOFError, IndexError... inside Pillow's decoders: all are the client's bad bytes.
+            raise ApiError(400, "undecodable_image", f"the image could not be decoded: {e}") from e
+    return _to_chw_tensor(image)
+
+
+def _open_and_load(data: bytes, spec: InputSpec, max_pixels: int) -> Image.Image:
+    image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
+    width, height = image.size
+    if width * height > max_pixels:
+        raise ApiError(
+            400,
+            "image_too_large",
+            f"{width}x{height} is more than the {max_pixels} pixels this service decodes",
+        )
+    if image.format in ("JPEG", "MPO"):
+        # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is much larger than the
+        # model input: a 12 MP photo then decodes several times faster. Square request because
+        # EXIF rotation may still swap the axes.
+        side = max(spec.input_size)
+        image.draft("RGB", (side, side))
+    image.load()  # the full decode happens here; truncated data raises OSError
+    image = ImageOps.exif_transpose(image)  # phones store rotation in EXIF
+    image = _to_rgb(image)
+    return resize_for_model(image, spec.input_size, spec.interpolation)
+
+
+def _to_rgb(image: Image.Image) -> Image.Image:
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("RGBA", "LA") or (image.mode == "P" and "transparency" in image.info):
+        # Transparent pixels become white, as a browser shows them, not black.
+        rgba = image.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_chw_tensor(image: Image.Image) -> torch.Tensor:
+    hwc = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
+    # A CHW view of HWC memory: exactly channels_last, which the model prefers on CPU.
+    return torch.from_numpy(hwc.copy()).permute(2, 0, 1)

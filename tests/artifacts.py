@@ -1,0 +1,65 @@
+"""Small real artifacts for tests, written through the same model_store code training uses."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from model_store import LoadedArtifact, export_frozen_torchscript, save_artifact
+
+CELEBA_LABELS = (
+    "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
+    "Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby Double_Chin Eyeglasses Goatee "
+    "Gray_Hair Heavy_Makeup High_Cheekbones Male Mouth_Slightly_Open Mustache Narrow_Eyes "
+    "No_Beard Oval_Face Pale_Skin Pointy_Nose Receding_Hairline Rosy_Cheeks Sideburns Smiling "
+    "Straight_Hair Wavy_Hair Wearing_Earrings Wearing_Hat Wearing_Lipstick Wearing_Necklace "
+    "Wearing_Necktie Young"
+).split()
+
+
+class TinyNet(nn.Module):
+    """(N, 3, H, W) normalised float -> (N, 40) logits; the first three outputs follow the mean
+    red, green and blue of the image so tests can steer predictions with solid colours."""
+
+    def __init__(self, num_labels: int = 40):
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(3, num_labels)
+        with torch.no_grad():
+            self.head.weight.zero_()
+            self.head.bias.fill_(-3.0)
+            for c in range(3):
+                self.head.weight[c, c] = 4.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.pool(x).flatten(1))
+
+
+def write_tiny_artifact(
+    store: str,
+    name: str = "face-attributes",
+    input_size: tuple[int, int] = (64, 64),
+    version: str | None = None,
+    output_kind: str = "logits",
+) -> LoadedArtifact:
+    model = TinyNet(len(CELEBA_LABELS))
+    if output_kind == "probabilities":
+        model = nn.Sequential(model, nn.Sigmoid())
+    example = torch.randn(2, 3, *input_size)
+    data = export_frozen_torchscript(model, example)
+    return save_artifact(
+        store,
+        name,
+        data,
+        {
+            "labels": list(CELEBA_LABELS),
+            "input_size": list(input_size),
+            "mean": [0.5, 0.5, 0.5],
+            "std": [0.25, 0.25, 0.25],
+            "threshold": 0.5,
+            "output_kind": output_kind,
+            "backbone": "tiny-test-net",
+            "metrics": {"val_auroc": 0.5},
+        },
+        version=version,
+    )
