@@ -15,7 +15,9 @@ PIL_FILTERS = {
 }
 
 
-def resize_for_model(image: Image.Image, input_size: tuple[int, int], interpolation: str) -> Image.Image:
+def resize_for_model(
+    image: Image.Image, input_size: tuple[int, int], interpolation: str
+) -> Image.Image:
     """Resize an RGB image to the model's (height, width), ignoring aspect ratio as training did."""
     height, width = input_size
     if image.size == (width, height):

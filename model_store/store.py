@@ -157,7 +157,9 @@ def save_artifact(
         json.dumps(validated.model_dump(mode="json"), indent=2).encode(),
     )
     _write_latest(fs, model_dir, version)
-    return LoadedArtifact(uri=_join(store_uri, name, version), metadata=validated, model_bytes=model_bytes)
+    return LoadedArtifact(
+        uri=_join(store_uri, name, version), metadata=validated, model_bytes=model_bytes
+    )
 
 
 def _write_latest(fs: fsspec.AbstractFileSystem, model_dir: str, version: str) -> None:
@@ -187,7 +189,11 @@ def list_versions(store_uri: str) -> list[dict[str, Any]]:
                 meta = json.loads(_read_text(fs, meta_path))
             except json.JSONDecodeError:
                 meta = {}
-            size = fs.size(_join(version_dir, MODEL_FILE)) if fs.exists(_join(version_dir, MODEL_FILE)) else 0
+            size = (
+                fs.size(_join(version_dir, MODEL_FILE))
+                if fs.exists(_join(version_dir, MODEL_FILE))
+                else 0
+            )
             version = posixpath.basename(version_dir.rstrip("/"))
             rows.append(
                 {

@@ -19,7 +19,9 @@ class AppArgs(BaseModel):
     max_image_pixels: int = Field(
         default=40_000_000, ge=64 * 64, description="width*height above which a decode is refused"
     )
-    max_batch_images: int = Field(default=16, ge=1, le=256, description="images per /classify/batch")
+    max_batch_images: int = Field(
+        default=16, ge=1, le=256, description="images per /classify/batch"
+    )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="model device; auto picks CUDA when the replica has a GPU"
     )

@@ -77,7 +77,9 @@ def load_model(model_uri: str, device: torch.device, fp16: bool) -> LoadedModel:
     try:
         module = torch.jit.load(io.BytesIO(artifact.model_bytes), map_location=device)
     except Exception as e:  # a truncated or foreign file that passed the checksum
-        raise ArtifactError(f"model.pt in {artifact.uri!r} is not a loadable TorchScript file: {e}") from e
+        raise ArtifactError(
+            f"model.pt in {artifact.uri!r} is not a loadable TorchScript file: {e}"
+        ) from e
     module.eval()
     dtype = torch.float16 if (fp16 and device.type == "cuda") else torch.float32
     if dtype == torch.float16:
@@ -137,7 +139,9 @@ class FaceAttributeModel:
         self._last_error: str | None = None
         self._metrics = ModelMetrics()
         self._swap_lock = asyncio.Lock()
-        logger.info("FaceAttributeModel on %s with %d torch threads", self._device, torch.get_num_threads())
+        logger.info(
+            "FaceAttributeModel on %s with %d torch threads", self._device, torch.get_num_threads()
+        )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
         """Apply batch settings at once; load a new model_uri off the event loop and swap it in
@@ -161,13 +165,21 @@ class FaceAttributeModel:
             self._last_error = f"{model_uri}: {e}"
             if self._model is None:
                 raise
-            logger.error("Refused artifact %s; still serving %s. %s", model_uri, self._model.version, e)
+            logger.error(
+                "Refused artifact %s; still serving %s. %s", model_uri, self._model.version, e
+            )
             return
         previous, self._model, self._last_error = self._model, loaded, None
         if previous is not None:
-            self._metrics.model_info.set(0, tags={"model": previous.metadata.name, "version": previous.version})
-        self._metrics.model_info.set(1, tags={"model": loaded.metadata.name, "version": loaded.version})
-        logger.info("Serving %s version %s from %s", loaded.metadata.name, loaded.version, loaded.uri)
+            self._metrics.model_info.set(
+                0, tags={"model": previous.metadata.name, "version": previous.version}
+            )
+        self._metrics.model_info.set(
+            1, tags={"model": loaded.metadata.name, "version": loaded.version}
+        )
+        logger.info(
+            "Serving %s version %s from %s", loaded.metadata.name, loaded.version, loaded.uri
+        )
 
     def check_health(self) -> None:
         if self._model is None:

@@ -75,14 +75,18 @@ class Ingress:
             if handler is None:
                 allowed = [m for (m, p) in self._routes if p == path]
                 if allowed:
-                    raise ApiError(405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}")
+                    raise ApiError(
+                        405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}"
+                    )
                 raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
             response = await handler(request)
         except ApiError as e:
             response = e.response()
         except Exception:
             logger.exception("unhandled error on %s %s", request.method, path)
-            response = ApiError(500, "internal_error", "unexpected server error (logged)").response()
+            response = ApiError(
+                500, "internal_error", "unexpected server error (logged)"
+            ).response()
         self._metrics.count(path if handler else "other", response.status_code)
         return response
 
@@ -174,7 +178,9 @@ class Ingress:
                 raise ApiError(422, "missing_image", "multipart body has no field named 'image'")
             if len(images) > max_images:
                 raise ApiError(
-                    413, "too_many_images", f"{len(images)} images; at most {max_images} per request"
+                    413,
+                    "too_many_images",
+                    f"{len(images)} images; at most {max_images} per request",
                 )
             return images
         if media_type.startswith("image/"):

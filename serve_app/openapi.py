@@ -101,7 +101,9 @@ def openapi_spec(args: AppArgs) -> dict[str, Any]:
                     },
                 }
             },
-            "/healthz": {"get": {"summary": "The ingress is alive", "responses": {"200": _json_ok({})}}},
+            "/healthz": {
+                "get": {"summary": "The ingress is alive", "responses": {"200": _json_ok({})}}
+            },
             "/readyz": {
                 "get": {
                     "summary": "The model deployment answers",
@@ -114,7 +116,12 @@ def openapi_spec(args: AppArgs) -> dict[str, Any]:
                     "responses": {"200": _json_ok({}), **_error_responses(503)},
                 }
             },
-            "/": {"get": {"summary": "Web page to try the model", "responses": {"200": {"description": "HTML"}}}},
+            "/": {
+                "get": {
+                    "summary": "Web page to try the model",
+                    "responses": {"200": {"description": "HTML"}},
+                }
+            },
         },
         "components": {
             "schemas": {
@@ -144,7 +151,10 @@ def openapi_spec(args: AppArgs) -> dict[str, Any]:
                         },
                         "model": {
                             "type": "object",
-                            "properties": {"name": {"type": "string"}, "version": {"type": "string"}},
+                            "properties": {
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
+                            },
                         },
                     },
                     "required": ["labels", "probabilities", "model"],

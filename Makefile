@@ -1,0 +1,59 @@
+# `make demo`: train a demo model on generated data and serve it. `make test`: the test suite.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+BIN := $(VENV)/bin
+export RAY_AUTH_MODE ?= token
+
+DEMO_DATA ?= data/synthetic
+DEMO_IMAGES ?= 3000
+DEMO_STORE ?= models
+DEMO_TRAIN_ARGS ?= --backbone resnet18 --image-size 64 --epochs 4 --batch-size 32 \
+	--num-workers 2 --dataloader-workers 0 --lr 2e-3
+
+.PHONY: install test test-fast lint format demo data train serve clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev,haproxy]"
+	touch $@
+
+test: install
+	$(PY) -m pytest
+
+test-fast: install  ## everything but Ray Train runs
+	$(PY) -m pytest -m "not train"
+
+lint: install
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+data: install
+	test -f $(DEMO_DATA)/list_attr_celeba.csv || \
+		$(PY) -m train_job.synthetic --out $(DEMO_DATA) --num-images $(DEMO_IMAGES) --seed 0
+
+train: data
+	test -f $(DEMO_STORE)/face-attributes/latest || \
+		$(PY) -m train_job --data-dir $(DEMO_DATA) --model-store $(DEMO_STORE) $(DEMO_TRAIN_ARGS)
+	$(PY) -m train_job.models list --model-store $(DEMO_STORE)
+
+serve: install
+	@echo ""
+	@echo "  Web page    http://127.0.0.1:8000/"
+	@echo "  API         curl -F image=@$(DEMO_DATA)/img_align_celeba/000001.jpg http://127.0.0.1:8000/classify"
+	@echo "  OpenAPI     http://127.0.0.1:8000/openapi.json"
+	@echo "  Dashboard   http://127.0.0.1:8265  (Serve tab: replicas and autoscaling)"
+	@echo "  Ctrl-C stops everything."
+	@echo ""
+	$(BIN)/serve run config.yaml
+
+demo: train serve
+
+clean:
+	rm -rf $(VENV) data models ray_results .pytest_cache

@@ -1,0 +1,1 @@
+"""Distributed Lightning training on Ray Train, exported to the model store."""

@@ -1,0 +1,104 @@
+"""python -m train_job --data-dir DIR [...]: train on Ray, export, print the report."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import ray
+from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+
+from train_job.config import TrainConfig, parse_config
+from train_job.data import CelebADataModule, DataError
+from train_job.export import export_and_evaluate
+from train_job.train_loop import MONITOR, train_loop_per_worker
+
+
+def run_training(cfg: TrainConfig) -> ray.train.Result:
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config=cfg.to_dict(),
+        scaling_config=ScalingConfig(
+            num_workers=cfg.num_workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={
+                "CPU": cfg.cpus_per_worker,
+                **({"GPU": 1} if cfg.use_gpu else {}),
+            },
+        ),
+        run_config=RunConfig(
+            name=cfg.run_name,
+            storage_path=cfg.storage_path,
+            # Re-running with the same name (or a lost worker) resumes from the last checkpoint.
+            failure_config=FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=CheckpointConfig(
+                num_to_keep=2, checkpoint_score_attribute=MONITOR, checkpoint_score_order="max"
+            ),
+        ),
+    )
+    result = trainer.fit()
+    if result.error is not None:
+        raise result.error
+    return result
+
+
+def print_report(meta: dict) -> None:
+    metrics = meta["metrics"]
+    print("\n=== Model exported ===")
+    print(f"artifact   {meta['uri']}")
+    print(
+        f"version    {meta['version']}   backbone {meta['backbone']}   input {meta['input_size']}"
+    )
+    print(
+        f"val AUROC  {metrics['val_auroc']}   test AUROC {metrics['test_auroc']}   best epoch {metrics['best_epoch']}"
+    )
+    print(f"{'attribute':<22}{'val AUROC':>10}{'test AUROC':>12}")
+    for name in meta["labels"]:
+        val = metrics["val_auroc_per_label"].get(name)
+        test = metrics["test_auroc_per_label"].get(name)
+        print(f"{name:<22}{_fmt(val):>10}{_fmt(test):>12}")
+    print(f"\nserve it:  serve run config.yaml   (model_uri {meta['uri']})")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_config(argv)
+    started = time.time()
+    try:
+        CelebADataModule(cfg.data_dir, cfg.image_size, cfg.batch_size, cfg.max_samples, 0, cfg.seed)
+    except DataError as e:  # fail before any worker starts
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    ray.init()
+    print(
+        f"Run {cfg.run_name!r}: {cfg.num_workers} workers, {'GPU' if cfg.use_gpu else 'CPU'}, "
+        f"{cfg.backbone} @ {cfg.image_size}px, up to {cfg.epochs} epochs. "
+        f"Resume it by re-running with --run-name {cfg.run_name}"
+    )
+    result = run_training(cfg)
+    best = result.get_best_checkpoint(MONITOR, "max") or result.checkpoint
+    if best is None:
+        print("error: training reported no checkpoint", file=sys.stderr)
+        return 1
+    best_metrics = next((m for c, m in (result.best_checkpoints or []) if c.path == best.path), {})
+    run = {
+        "started_at": started,
+        "storage_path": result.path,
+        "best_epoch": best_metrics.get("epoch"),
+        "epochs_trained": (result.metrics or {}).get("epoch", -1) + 1,
+    }
+    export = ray.remote(export_and_evaluate).options(
+        num_cpus=cfg.cpus_per_worker, num_gpus=1 if cfg.use_gpu else 0
+    )
+    meta = ray.get(export.remote(best, cfg, run))
+    print_report(meta)
+    print(f"total time {time.time() - started:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,115 @@
+"""Best checkpoint -> frozen TorchScript, evaluated on val and test, written to the model store."""
+
+from __future__ import annotations
+
+import io
+import os
+import platform
+import time
+from typing import Any
+
+import lightning
+import ray
+import ray.train
+import torch
+import torchvision
+from torch import nn
+from torchmetrics.classification import MultilabelAUROC
+
+from model_store import export_frozen_torchscript, save_artifact
+from train_job.config import TrainConfig
+from train_job.data import INTERPOLATION, CelebADataModule, data_fingerprint
+from train_job.module import FaceAttributeClassifier, LabelBalance
+from train_job.train_loop import build_datamodule
+
+
+def load_best_model(checkpoint: ray.train.Checkpoint) -> FaceAttributeClassifier:
+    with checkpoint.as_directory() as ckpt_dir:
+        path = os.path.join(ckpt_dir, "checkpoint.ckpt")
+        return FaceAttributeClassifier.load_from_checkpoint(path, map_location="cpu").eval()
+
+
+def evaluate(
+    model: torch.jit.ScriptModule, datamodule: CelebADataModule, split: str, device: torch.device
+) -> dict[str, Any]:
+    """Macro and per-label AUROC of the exported model (probabilities out) on one split."""
+    labels = datamodule.attribute_names
+    auroc = MultilabelAUROC(num_labels=len(labels), average=None).to(device)
+    balance = LabelBalance(len(labels)).to(device)
+    loader = torch.utils.data.DataLoader(
+        datamodule.dataset(split),
+        batch_size=datamodule.batch_size,
+        num_workers=datamodule.num_workers,
+    )
+    with torch.inference_mode():
+        for images, targets in loader:
+            probs = model(images.to(device))
+            auroc.update(probs, targets.to(device).int())
+            balance.update(targets.to(device))
+    per_label, defined = auroc.compute().cpu(), balance.compute().cpu()
+    return {
+        "auroc": round(float(per_label[defined].mean()), 5) if defined.any() else None,
+        "per_label": {n: round(float(v), 5) for n, v, ok in zip(labels, per_label, defined) if ok},
+        "images": len(loader.dataset),
+    }
+
+
+def export_and_evaluate(
+    checkpoint: ray.train.Checkpoint, cfg: TrainConfig, run: dict[str, Any]
+) -> dict[str, Any]:
+    """Runs as a Ray task (on a GPU when training used one). Returns the artifact's metadata."""
+    device = torch.device("cuda" if cfg.use_gpu and torch.cuda.is_available() else "cpu")
+    torch.set_num_threads(cfg.cpus_per_worker)
+    model = load_best_model(checkpoint)
+    datamodule = build_datamodule(cfg)
+    # The artifact returns probabilities: (N, 3, H, W) normalised float -> (N, 40) in [0, 1].
+    exported = nn.Sequential(model.net, nn.Sigmoid()).eval()
+    example, _ = next(iter(torch.utils.data.DataLoader(datamodule.dataset("val"), batch_size=4)))
+    model_bytes = export_frozen_torchscript(exported, example)
+    scripted = torch.jit.load(io.BytesIO(model_bytes), map_location=device)
+
+    val = evaluate(scripted, datamodule, "val", device)
+    test = evaluate(scripted, datamodule, "test", device)
+    metadata = {
+        "labels": datamodule.attribute_names,
+        "input_size": [cfg.image_size, cfg.image_size],
+        "mean": list(datamodule.mean),
+        "std": list(datamodule.std),
+        "interpolation": INTERPOLATION,
+        "threshold": cfg.threshold,
+        "output_kind": "probabilities",
+        "backbone": cfg.backbone,
+        "metrics": {
+            "val_auroc": val["auroc"],
+            "test_auroc": test["auroc"],
+            "val_auroc_per_label": val["per_label"],
+            "test_auroc_per_label": test["per_label"],
+            "best_epoch": run.get("best_epoch"),
+        },
+        "training": {
+            "run_name": cfg.run_name,
+            "storage_path": run.get("storage_path"),
+            "checkpoint": checkpoint.path,
+            "epochs_trained": run.get("epochs_trained"),
+            "max_epochs": cfg.epochs,
+            "samples": {s: len(i) for s, i in datamodule.splits.items()},
+            "data_dir": cfg.data_dir,
+            "data_sha256": data_fingerprint(datamodule.layout),
+            "num_workers": cfg.num_workers,
+            "use_gpu": cfg.use_gpu,
+            "pretrained": cfg.pretrained,
+            "batch_size_per_worker": cfg.batch_size,
+            "lr": cfg.lr,
+            "precision": cfg.precision,
+            "duration_s": round(time.time() - run["started_at"], 1),
+            "versions": {
+                "ray": ray.__version__,
+                "torch": torch.__version__,
+                "torchvision": torchvision.__version__,
+                "lightning": lightning.__version__,
+                "python": platform.python_version(),
+            },
+        },
+    }
+    artifact = save_artifact(cfg.model_store, cfg.model_name, model_bytes, metadata)
+    return {"uri": artifact.uri, **artifact.metadata.model_dump(mode="json")}

@@ -1,0 +1,106 @@
+"""The LightningModule: backbone + 40-way head, BCE-with-logits, AdamW + one-cycle schedule,
+epoch-level multilabel AUROC (torchmetrics accumulates the whole epoch and syncs across DDP
+ranks before computing, so it is not a mean of per-batch AUROCs)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import Metric
+from torchmetrics.classification import MultilabelAUROC
+
+from train_job.backbones import build_backbone
+
+
+class LabelBalance(Metric):
+    """Positives and count per label, so AUROC is averaged only where it is defined."""
+
+    def __init__(self, num_labels: int):
+        super().__init__()
+        self.add_state("positives", torch.zeros(num_labels), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0), dist_reduce_fx="sum")
+
+    def update(self, target: torch.Tensor) -> None:
+        self.positives += target.float().sum(0)
+        self.count += target.shape[0]
+
+    def compute(self) -> torch.Tensor:
+        """(num_labels,) bool: both classes present."""
+        return (self.positives > 0) & (self.positives < self.count)
+
+
+class FaceAttributeClassifier(pl.LightningModule):
+    def __init__(
+        self,
+        labels: list[str],
+        backbone: str = "resnet34",
+        pretrained: bool = False,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        self.labels = list(labels)
+        self.net = build_backbone(backbone, len(labels), pretrained)
+        self.loss = nn.BCEWithLogitsLoss()
+        self.val_auroc = MultilabelAUROC(num_labels=len(labels), average=None)
+        self.val_balance = LabelBalance(len(labels))
+        self.test_auroc = MultilabelAUROC(num_labels=len(labels), average=None)
+        self.test_balance = LabelBalance(len(labels))
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) normalised -> (N, num_labels) logits."""
+        return self.net(images)
+
+    def training_step(self, batch, batch_idx):
+        images, targets = batch
+        loss = self.loss(self(images), targets)
+        self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
+        return loss
+
+    def _eval_step(self, batch, stage: str, auroc: MultilabelAUROC, balance: LabelBalance):
+        images, targets = batch
+        logits = self(images)
+        self.log(f"{stage}_loss", self.loss(logits, targets), prog_bar=True, sync_dist=True)
+        auroc.update(torch.sigmoid(logits), targets.int())
+        balance.update(targets)
+
+    def validation_step(self, batch, batch_idx):
+        self._eval_step(batch, "val", self.val_auroc, self.val_balance)
+
+    def test_step(self, batch, batch_idx):
+        self._eval_step(batch, "test", self.test_auroc, self.test_balance)
+
+    def _log_auroc(self, stage: str, auroc: MultilabelAUROC, balance: LabelBalance) -> None:
+        per_label = auroc.compute()  # (num_labels,), synced over all ranks
+        defined = balance.compute()
+        macro = per_label[defined].mean() if defined.any() else torch.tensor(0.5)
+        # Already reduced across ranks by torchmetrics: no sync_dist needed.
+        self.log(f"{stage}_auroc", macro, prog_bar=True)
+        for name, value, ok in zip(self.labels, per_label, defined):
+            if ok:
+                self.log(f"{stage}_auroc/{name}", value)
+        auroc.reset()
+        balance.reset()
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_auroc("val", self.val_auroc, self.val_balance)
+
+    def on_test_epoch_end(self) -> None:
+        self._log_auroc("test", self.test_auroc, self.test_balance)
+
+    def configure_optimizers(self):
+        optimizer = torch.optim.AdamW(
+            self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
+        )
+        scheduler = torch.optim.lr_scheduler.OneCycleLR(
+            optimizer,
+            max_lr=self.hparams.lr,
+            total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
+            pct_start=0.2,
+        )
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step"},
+        }

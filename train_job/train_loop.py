@@ -1,0 +1,82 @@
+"""What each Ray Train worker runs: Lightning with Ray's DDP strategy and environment."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+
+import lightning.pytorch as pl
+import ray.train
+import torch
+from lightning.pytorch.callbacks import EarlyStopping, ModelCheckpoint, TQDMProgressBar
+from ray.train.lightning import (
+    RayDDPStrategy,
+    RayLightningEnvironment,
+    RayTrainReportCallback,
+    prepare_trainer,
+)
+
+from train_job.config import TrainConfig
+from train_job.data import CelebADataModule
+from train_job.module import FaceAttributeClassifier
+
+MONITOR = "val_auroc"
+
+
+def build_datamodule(cfg: TrainConfig) -> CelebADataModule:
+    return CelebADataModule(
+        cfg.data_dir,
+        image_size=cfg.image_size,
+        batch_size=cfg.batch_size,
+        max_samples=cfg.max_samples,
+        num_workers=cfg.dataloader_workers,
+        seed=cfg.seed,
+    )
+
+
+def train_loop_per_worker(config: dict) -> None:
+    cfg = TrainConfig(**config)
+    if not cfg.use_gpu:
+        # Ray sets OMP_NUM_THREADS=1 in workers; use the CPUs this worker was given.
+        torch.set_num_threads(cfg.cpus_per_worker)
+    pl.seed_everything(cfg.seed, workers=True)
+    datamodule = build_datamodule(cfg)
+    model = FaceAttributeClassifier(
+        datamodule.attribute_names, cfg.backbone, cfg.pretrained, cfg.lr, cfg.weight_decay
+    )
+    trainer = pl.Trainer(
+        max_epochs=cfg.epochs,
+        accelerator="gpu" if cfg.use_gpu else "cpu",
+        devices="auto",
+        # gloo on CPU, nccl on GPU: Lightning's DDP default for the device in use.
+        strategy=RayDDPStrategy(),
+        plugins=[RayLightningEnvironment()],
+        precision=cfg.precision,
+        callbacks=[
+            # Ray keeps the reported checkpoints (CheckpointConfig, scored on val_auroc) in
+            # storage_path; they survive worker loss and are what a re-run resumes from.
+            RayTrainReportCallback(),
+            ModelCheckpoint(
+                dirpath=tempfile.mkdtemp(prefix="lightning-best-"),
+                monitor=MONITOR,
+                mode="max",
+                save_top_k=1,
+            ),
+            EarlyStopping(monitor=MONITOR, mode="max", patience=cfg.patience),
+            TQDMProgressBar(refresh_rate=10),
+        ],
+        logger=False,
+        num_sanity_val_steps=0,
+        enable_model_summary=ray.train.get_context().get_world_rank() == 0,
+    )
+    trainer = prepare_trainer(trainer)
+
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None:
+        trainer.fit(model, datamodule=datamodule)
+        return
+    with checkpoint.as_directory() as ckpt_dir:
+        ckpt_path = os.path.join(ckpt_dir, RayTrainReportCallback.CHECKPOINT_NAME)
+        epoch = torch.load(ckpt_path, map_location="cpu", weights_only=False)["epoch"]
+        print(f"Resuming {cfg.run_name} from its checkpoint after epoch {epoch}")
+        trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
