@@ -9,6 +9,7 @@ import asyncio
 import io
 import logging
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -139,6 +140,8 @@ class FaceAttributeModel:
         self._last_error: str | None = None
         self._metrics = ModelMetrics()
         self._swap_lock = asyncio.Lock()
+        # {batch size: batches} since the last reconfigure, shown in /metadata (observability).
+        self._batch_sizes: Counter[int] = Counter()
         logger.info(
             "FaceAttributeModel on %s with %d torch threads", self._device, torch.get_num_threads()
         )
@@ -151,6 +154,7 @@ class FaceAttributeModel:
         self.predict.set_max_batch_size(config.max_batch_size)
         self.predict.set_batch_wait_timeout_s(config.batch_wait_timeout_s)
         self._config = config
+        self._batch_sizes.clear()
         async with self._swap_lock:
             await self._load_if_changed(config.model_uri)
 
@@ -199,6 +203,8 @@ class FaceAttributeModel:
             "dtype": str(self._model.dtype).removeprefix("torch."),
             "max_batch_size": self.predict._get_max_batch_size(),
             "batch_wait_timeout_s": self.predict._get_batch_wait_timeout_s(),
+            "batch_sizes": dict(sorted(self._batch_sizes.items())),
+            "replica_id": serve.get_replica_context().replica_id.unique_id,
         }
         return meta
 
@@ -217,6 +223,7 @@ class FaceAttributeModel:
             probs = (await asyncio.to_thread(_forward, model, batch)).cpu().numpy()
             self._metrics.inference_seconds.observe(time.perf_counter() - start)
             self._metrics.batch_size.observe(len(good))
+            self._batch_sizes[len(good)] += 1
             for row, i in enumerate(good):
                 results[i] = self._prediction(model, probs[row], len(good))
         for i, r in enumerate(results):

@@ -18,18 +18,21 @@ CELEBA_LABELS = (
 
 
 class TinyNet(nn.Module):
-    """(N, 3, H, W) normalised float -> (N, 40) logits; the first three outputs follow the mean
-    red, green and blue of the image so tests can steer predictions with solid colours."""
+    """(N, 3, H, W) normalised float -> (N, 40) logits. Outputs 0-2 follow the mean red, green
+    and blue of the image, output 3 the red of its top half, so tests steer predictions with
+    coloured images (and can see whether EXIF rotation was applied)."""
 
     def __init__(self, num_labels: int = 40):
         super().__init__()
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.head = nn.Linear(3, num_labels)
+        self.pool = nn.AdaptiveAvgPool2d((2, 1))  # (N, 3, 2, 1): top and bottom halves
+        self.head = nn.Linear(6, num_labels)
         with torch.no_grad():
             self.head.weight.zero_()
             self.head.bias.fill_(-3.0)
-            for c in range(3):
-                self.head.weight[c, c] = 4.0
+            for c in range(3):  # whole image = mean of both halves
+                self.head.weight[c, 2 * c] = 2.0
+                self.head.weight[c, 2 * c + 1] = 2.0
+            self.head.weight[3, 0] = 3.0  # red, top half (below label 0 for all-red images)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(x).flatten(1))

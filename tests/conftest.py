@@ -1,0 +1,50 @@
+"""One real Ray instance per test session (ray.init costs ~9 s, Serve ~6 s), shared by every test.
+
+Serving tests deploy the application declaratively, exactly as `serve deploy config.yaml` does
+(through the dashboard's REST API), from config.yaml adjusted for a small test box.
+"""
+
+from __future__ import annotations
+
+import os
+
+# Ray 2.60 turns token authentication on by default; clients (CLI, SDK) need this to use it.
+os.environ.setdefault("RAY_AUTH_MODE", "token")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+
+import pytest  # noqa: E402
+
+from tests.harness import RayCluster, ServeTestbed, free_port  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    cluster = RayCluster.start(num_cpus=8)
+    yield cluster
+    cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def model_store(tmp_path_factory):
+    """A store with two good versions of a tiny model: v1 (64x64) and v2 (48x48)."""
+    from tests.artifacts import write_tiny_artifact
+
+    store = tmp_path_factory.mktemp("model-store")
+    write_tiny_artifact(str(store), version="v1", input_size=(64, 64))
+    write_tiny_artifact(str(store), version="v2", input_size=(48, 48), output_kind="probabilities")
+    return store
+
+
+@pytest.fixture(scope="session")
+def serve_testbed(ray_cluster, model_store):
+    testbed = ServeTestbed(ray_cluster, http_port=free_port(), model_store=model_store)
+    yield testbed
+    testbed.shutdown()
+
+
+@pytest.fixture
+def served(serve_testbed):
+    """The application at its test baseline (model v1), redeployed if a test changed it."""
+    serve_testbed.deploy(serve_testbed.base_config())
+    return serve_testbed

@@ -1,0 +1,134 @@
+"""Test harness: a real Ray instance, the Serve app deployed from config.yaml, an HTTP client."""
+
+from __future__ import annotations
+
+import copy
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import httpx
+import ray
+import yaml
+from ray import serve
+
+ROOT = Path(__file__).resolve().parents[1]
+APP_NAME = "face-attributes"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.25) -> Any:
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        try:
+            value = predicate()
+            if value:
+                return value
+        except Exception as e:  # the thing may not be up yet
+            last_error = e
+        time.sleep(interval)
+    raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+
+
+def load_config() -> dict:
+    return yaml.safe_load((ROOT / "config.yaml").read_text())
+
+
+def deployment(app: dict, name: str) -> dict:
+    return next(d for d in app["deployments"] if d["name"] == name)
+
+
+@dataclass
+class RayCluster:
+    gcs_address: str
+    dashboard_url: str
+
+    @classmethod
+    def start(cls, num_cpus: int) -> RayCluster:
+        dashboard_port = free_port()
+        ctx = ray.init(
+            num_cpus=num_cpus,  # more logical CPUs than cores: replicas ask for fractions
+            include_dashboard=True,
+            dashboard_host="127.0.0.1",
+            dashboard_port=dashboard_port,
+            log_to_driver=False,
+        )
+        return cls(ray.get_runtime_context().gcs_address, f"http://{ctx.dashboard_url}")
+
+    def stop(self) -> None:
+        ray.shutdown()
+
+
+class ServeTestbed:
+    def __init__(self, cluster: RayCluster, http_port: int, model_store: Path):
+        from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+        self.cluster = cluster
+        self.http_port = http_port
+        self.url = f"http://127.0.0.1:{http_port}"
+        self.model_store = model_store
+        self.client = ServeSubmissionClient(cluster.dashboard_url)
+        serve.start(http_options=self.http_options())
+        self.http = httpx.Client(base_url=self.url, timeout=30)
+        self._deployed: dict | None = None
+
+    def http_options(self) -> dict:
+        options = dict(load_config()["http_options"])
+        options["port"] = self.http_port
+        return options
+
+    def model_uri(self, version: str = "latest") -> str:
+        return str(self.model_store / APP_NAME / version)
+
+    def base_config(self, model_version: str = "v1", **user_config: Any) -> dict:
+        """config.yaml, sized for a 2-core test box: one replica each, small CPU shares."""
+        config = load_config()
+        config["http_options"] = self.http_options()
+        app = config["applications"][0]
+        app["args"].update(max_body_mb=1, max_image_pixels=4_000_000, device="cpu")
+        model = deployment(app, "FaceAttributeModel")
+        model["ray_actor_options"]["num_cpus"] = 0.5
+        model["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
+        model["user_config"].update(model_uri=self.model_uri(model_version), **user_config)
+        ingress = deployment(app, "Ingress")
+        ingress["ray_actor_options"]["num_cpus"] = 0.25
+        ingress["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
+        return config
+
+    def deploy(self, config: dict, timeout: float = 120) -> None:
+        """Apply a config declaratively (as `serve deploy`) and wait until it is live."""
+        if config == self._deployed and self._is_live(config):
+            return
+        self.client.deploy_applications(copy.deepcopy(config))
+        self._deployed = copy.deepcopy(config)
+        wait_for(lambda: self._is_live(config), timeout, "the application to apply its config")
+
+    def _is_live(self, config: dict) -> bool:
+        status = serve.status().applications.get(APP_NAME)
+        if status is None or status.status != "RUNNING":
+            return False
+        wanted = deployment(config["applications"][0], "FaceAttributeModel")["user_config"]
+        meta = self.http.get("/metadata")
+        if meta.status_code != 200:
+            return False
+        serving = meta.json()["serving"]
+        return (
+            serving["requested_uri"] == wanted["model_uri"]
+            and serving["max_batch_size"] == wanted["max_batch_size"]
+            and serving["batch_wait_timeout_s"] == wanted["batch_wait_timeout_s"]
+        )
+
+    def metadata(self) -> dict:
+        return self.http.get("/metadata").json()
+
+    def shutdown(self) -> None:
+        self.http.close()
+        serve.shutdown()

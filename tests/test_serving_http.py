@@ -1,0 +1,282 @@
+"""The Serve application over real HTTP: endpoints, formats, errors, batching, live changes."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import shutil
+
+import httpx
+import pytest
+
+from tests import images
+from tests.artifacts import CELEBA_LABELS
+
+pytestmark = pytest.mark.serve
+
+
+def classify(http: httpx.Client, data: bytes, content_type: str = "image/jpeg", **kw) -> httpx.Response:
+    return http.post("/classify", files={"image": ("upload", data, content_type)}, **kw)
+
+
+def top_label(response: httpx.Response) -> str:
+    assert response.status_code == 200, response.text
+    return response.json()["labels"][0]["label"]
+
+
+# ---- endpoints ---------------------------------------------------------------------------------
+
+
+def test_health_ready_metadata_openapi(served):
+    http = served.http
+    assert http.get("/healthz").json() == {"status": "ok"}
+    ready = http.get("/readyz")
+    assert ready.status_code == 200
+    assert ready.json()["model"] == {"name": "face-attributes", "version": "v1"}
+    meta = http.get("/metadata").json()
+    assert meta["labels"] == list(CELEBA_LABELS)
+    assert meta["input_size"] == [64, 64]
+    assert meta["metrics"] == {"val_auroc": 0.5}
+    assert meta["serving"]["device"] == "cpu"
+    spec = http.get("/openapi.json").json()
+    assert spec["openapi"].startswith("3.")
+    assert {"/classify", "/classify/batch", "/healthz", "/readyz", "/metadata"} <= set(spec["paths"])
+
+
+def test_classify_multipart_response_format(served):
+    response = classify(served.http, images.solid(images.RED))
+    assert response.status_code == 200
+    body = response.json()
+    assert body["model"] == {"name": "face-attributes", "version": "v1"}
+    assert list(body["probabilities"]) == list(CELEBA_LABELS)
+    assert all(0.0 <= p <= 1.0 for p in body["probabilities"].values())
+    # labels: exactly those at or above the threshold, most probable first
+    above = {k for k, p in body["probabilities"].items() if p >= 0.5}
+    assert {entry["label"] for entry in body["labels"]} == above
+    probs = [entry["probability"] for entry in body["labels"]]
+    assert probs == sorted(probs, reverse=True)
+    first = body["labels"][0]
+    assert first == {"label_id": 0, "label": CELEBA_LABELS[0], "probability": first["probability"]}
+
+
+def test_classify_raw_body(served):
+    response = served.http.post(
+        "/classify", content=images.solid(images.GREEN, fmt="PNG"), headers={"content-type": "image/png"}
+    )
+    assert top_label(response) == CELEBA_LABELS[1]
+
+
+@pytest.mark.parametrize(
+    ("fmt", "color", "expected"),
+    [("JPEG", images.RED, 0), ("PNG", images.GREEN, 1), ("WEBP", images.BLUE, 2), ("BMP", images.RED, 0)],
+)
+def test_each_image_format(served, fmt, color, expected):
+    response = classify(served.http, images.solid(color, fmt=fmt), f"image/{fmt.lower()}")
+    assert top_label(response) == CELEBA_LABELS[expected]
+
+
+def test_gif_uses_first_frame(served):
+    assert top_label(classify(served.http, images.two_frame_gif(images.RED, images.BLUE), "image/gif")) == CELEBA_LABELS[0]
+
+
+def test_transparent_png_is_white(served):
+    body = classify(served.http, images.transparent_png(), "image/png").json()
+    assert {e["label"] for e in body["labels"]} >= set(CELEBA_LABELS[:3])
+
+
+def test_exif_orientation_applied(served):
+    body = classify(served.http, images.exif_rotated_jpeg()).json()
+    # label 3 fires only when the red half is on top, i.e. after EXIF rotation
+    assert body["probabilities"][CELEBA_LABELS[3]] > 0.9, body["probabilities"]
+
+
+def test_large_photo_decodes(served):
+    response = classify(served.http, images.solid(images.BLUE, size=(1920, 1080)))
+    assert top_label(response) == CELEBA_LABELS[2]
+
+
+def test_batch_endpoint_in_order_with_per_image_errors(served):
+    files = [
+        ("image", ("a.jpg", images.solid(images.RED), "image/jpeg")),
+        ("image", ("b.txt", b"not an image", "image/jpeg")),
+        ("image", ("c.png", images.solid(images.BLUE, fmt="PNG"), "image/png")),
+    ]
+    response = served.http.post("/classify/batch", files=files)
+    assert response.status_code == 200, response.text
+    results = response.json()["results"]
+    assert len(results) == 3
+    assert results[0]["labels"][0]["label"] == CELEBA_LABELS[0]
+    assert results[1]["error"] == "undecodable_image"
+    assert results[2]["labels"][0]["label"] == CELEBA_LABELS[2]
+
+
+# ---- errors ------------------------------------------------------------------------------------
+
+
+def assert_error(response: httpx.Response, status: int, code: str) -> None:
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    body = response.json()
+    assert body["error"] == code and body["detail"], body
+
+
+def test_error_empty_image(served):
+    assert_error(served.http.post("/classify", content=b"", headers={"content-type": "image/jpeg"}), 400, "empty_image")
+    assert_error(classify(served.http, b""), 400, "empty_image")
+
+
+def test_error_undecodable_and_truncated(served):
+    assert_error(classify(served.http, b"\x00garbage" * 100), 400, "undecodable_image")
+    jpeg = images.solid(images.RED, size=(400, 400))
+    assert_error(classify(served.http, jpeg[: len(jpeg) // 2]), 400, "undecodable_image")
+
+
+def test_error_decompression_bomb(served):
+    big = images.solid(images.RED, size=(2100, 2100), fmt="PNG")  # 4.4 MP > the test's 4 MP
+    assert_error(classify(served.http, big, "image/png"), 400, "image_too_large")
+
+
+def test_error_body_over_limit(served):
+    too_big = b"\xff" * (1024 * 1024 + 10)  # the test config allows 1 MB
+    assert_error(served.http.post("/classify", content=too_big, headers={"content-type": "image/jpeg"}), 413, "payload_too_large")
+
+    def chunks():  # no Content-Length: the limit holds while streaming
+        for _ in range(20):
+            yield b"\xff" * 100_000
+
+    assert_error(served.http.post("/classify", content=chunks(), headers={"content-type": "image/jpeg"}), 413, "payload_too_large")
+
+
+def test_error_unsupported_content_type(served):
+    assert_error(served.http.post("/classify", content=b"abc", headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
+    assert_error(served.http.post("/classify", content=b"abc"), 415, "unsupported_media_type")
+
+
+def test_error_missing_image_field(served):
+    assert_error(served.http.post("/classify", files={"photo": ("a.jpg", images.solid(), "image/jpeg")}), 422, "missing_image")
+
+
+def test_error_unknown_route_and_method(served):
+    assert_error(served.http.get("/nope"), 404, "not_found")
+    assert_error(served.http.get("/classify"), 405, "method_not_allowed")
+
+
+def test_bad_input_never_restarts_the_replica(served):
+    before = served.metadata()["serving"]["replica_id"]
+    for data in (b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, images.solid()[:200], b"GIF89a" + b"\xff" * 30):
+        assert classify(served.http, data).status_code == 400
+    assert classify(served.http, images.solid()).status_code == 200
+    assert served.metadata()["serving"]["replica_id"] == before
+
+
+# ---- batching and runtime configuration ---------------------------------------------------------
+
+
+def concurrent_classify(url: str, n: int, data: bytes) -> list[httpx.Response]:
+    def one(_):
+        with httpx.Client(base_url=url, timeout=60) as c:
+            return classify(c, data)
+
+    with cf.ThreadPoolExecutor(n) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def test_concurrent_requests_are_batched(served):
+    served.deploy(served.base_config(batch_wait_timeout_s=0.05))
+    responses = concurrent_classify(served.url, 24, images.solid())
+    assert all(r.status_code == 200 for r in responses)
+    sizes = {int(k): v for k, v in served.metadata()["serving"]["batch_sizes"].items()}
+    assert max(sizes) > 1, sizes
+    assert sum(k * v for k, v in sizes.items()) >= 24
+
+
+def test_batch_settings_change_at_runtime(served):
+    replica = served.metadata()["serving"]["replica_id"]
+    served.deploy(served.base_config(max_batch_size=4, batch_wait_timeout_s=0.1))
+    serving = served.metadata()["serving"]
+    assert (serving["max_batch_size"], serving["batch_wait_timeout_s"]) == (4, 0.1)
+    assert serving["replica_id"] == replica  # reconfigured in place, not restarted
+    responses = concurrent_classify(served.url, 16, images.solid())
+    assert all(r.status_code == 200 for r in responses)
+    sizes = {int(k) for k in served.metadata()["serving"]["batch_sizes"]}
+    assert max(sizes) <= 4 and max(sizes) > 1, sizes
+
+
+# ---- model swaps ------------------------------------------------------------------------------
+
+
+def test_model_swap_under_load_loses_nothing(served):
+    """v1 (64x64, logits) -> v2 (48x48, probabilities) while requests flow: zero failures, and
+    the ingress follows the new input size from the artifact's metadata."""
+    import threading
+
+    stop = threading.Event()
+    results: list[tuple[int, str | None]] = []
+
+    def load():
+        with httpx.Client(base_url=served.url, timeout=60) as c:
+            while not stop.is_set():
+                r = classify(c, images.solid(images.RED))
+                version = r.json()["model"]["version"] if r.status_code == 200 else None
+                results.append((r.status_code, version))
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for t in threads:
+        t.start()
+    try:
+        served.deploy(served.base_config(model_version="v2"))
+        from tests.harness import wait_for
+
+        wait_for(lambda: results and results[-1][1] == "v2", 60, "responses from v2")
+        n_after = len(results)
+        wait_for(lambda: len(results) > n_after + 20, 60, "more requests after the swap")
+    finally:
+        stop.set()
+        for t in threads:
+            t.join()
+    statuses = [s for s, _ in results]
+    assert statuses.count(200) == len(statuses), f"failed: {[s for s in statuses if s != 200]}"
+    versions = [v for _, v in results]
+    assert versions[0] == "v1" and versions[-1] == "v2"
+    assert served.metadata()["input_size"] == [48, 48]
+    assert top_label(classify(served.http, images.solid(images.RED))) == CELEBA_LABELS[0]
+
+
+def test_tampered_artifact_refused_old_model_keeps_serving(served, model_store):
+    tampered = model_store / "face-attributes" / "v1-tampered"
+    if not tampered.exists():
+        shutil.copytree(model_store / "face-attributes" / "v1", tampered)
+        model = tampered / "model.pt"
+        data = bytearray(model.read_bytes())
+        data[-20] ^= 0xFF
+        model.write_bytes(bytes(data))
+    served.deploy(served.base_config(model_version="v1-tampered"))
+    meta = served.metadata()
+    assert meta["version"] == "v1"  # still serving the good model
+    assert "sha256 mismatch" in meta["serving"]["last_error"]
+    assert top_label(classify(served.http, images.solid(images.RED))) == CELEBA_LABELS[0]
+
+
+def test_overload_gets_fast_503_with_retry_after(served):
+    config = served.base_config(max_batch_size=1, batch_wait_timeout_s=0.0)
+    model = config["applications"][0]["deployments"][0]
+    model.update(max_ongoing_requests=1, max_queued_requests=1)
+    served.deploy(config)
+    try:
+        import time
+
+        from tests.harness import wait_for
+
+        def overloaded():
+            responses = concurrent_classify(served.url, 48, images.solid(size=(1200, 1200)))
+            return [r for r in responses if r.status_code == 503], responses
+
+        busy, responses = wait_for(lambda: overloaded()[0] and overloaded(), 60, "503s under overload")
+        assert all(r.status_code in (200, 503) for r in responses), {r.status_code for r in responses}
+        for r in busy:
+            assert r.json()["error"] == "overloaded"
+            assert r.headers["retry-after"] == "1"
+        start = time.perf_counter()
+        assert classify(served.http, images.solid()).status_code in (200, 503)
+        assert time.perf_counter() - start < 5
+    finally:
+        served.deploy(served.base_config())
