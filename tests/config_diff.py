@@ -1,0 +1,45 @@
+"""Compare Serve configs key by key, so variants can differ only where documented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+# Every key where a GPU variant (config.gpu.yaml, kuberay/rayservice.yaml) may differ from
+# config.yaml. Paths name the application, then the deployment by name.
+GPU_OVERRIDES = frozenset(
+    {
+        "args.device",
+        "args.fp16",
+        "FaceAttributeModel.ray_actor_options.num_gpus",
+        "FaceAttributeModel.max_ongoing_requests",
+        "FaceAttributeModel.max_queued_requests",
+        "FaceAttributeModel.autoscaling_config.max_replicas",
+        "FaceAttributeModel.autoscaling_config.target_ongoing_requests",
+        "FaceAttributeModel.user_config.max_batch_size",
+    }
+)
+
+
+def flatten_app(app: dict[str, Any]) -> dict[str, Any]:
+    """One application -> {dotted.path: value}, deployments keyed by their name."""
+    flat: dict[str, Any] = {}
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for k, v in value.items():
+                walk(f"{prefix}.{k}" if prefix else str(k), v)
+        else:
+            flat[prefix] = value
+
+    for key, value in app.items():
+        if key == "deployments":
+            for d in value:
+                walk(d["name"], {k: v for k, v in d.items() if k != "name"})
+        else:
+            walk(key, value)
+    return flat
+
+
+def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
+    fa, fb = flatten_app(a), flatten_app(b)
+    return {k for k in fa.keys() | fb.keys() if fa.get(k, object()) != fb.get(k, object())}

@@ -1,0 +1,81 @@
+"""config.yaml and its GPU variant: valid for Serve, typed args valid, settings consistent."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+from ray.serve.schema import ServeDeploySchema
+
+from serve_app.app import build_app
+from serve_app.config import AppArgs, ModelConfig
+from tests.config_diff import GPU_OVERRIDES, differing_keys
+from tests.harness import ROOT, deployment
+
+
+def load(name: str) -> dict:
+    return yaml.safe_load((ROOT / name).read_text())
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config.gpu.yaml"])
+def test_config_is_a_valid_serve_config(name):
+    config = load(name)
+    ServeDeploySchema.model_validate(config)
+    (app,) = config["applications"]
+    assert app["import_path"] == "serve_app.app:build_app"
+    args = AppArgs.model_validate(app["args"])
+    build_app(args)  # the import path resolves and the graph builds with these args
+    assert {d["name"] for d in app["deployments"]} == {"FaceAttributeModel", "Ingress"}
+
+
+@pytest.mark.parametrize("name", ["config.yaml", "config.gpu.yaml"])
+def test_model_settings_are_consistent(name):
+    app = load(name)["applications"][0]
+    model = deployment(app, "FaceAttributeModel")
+    user = ModelConfig.model_validate(model["user_config"])
+    # Autoscale when batches fill; let the next batch form while one runs; bounded queue.
+    assert model["autoscaling_config"]["target_ongoing_requests"] == user.max_batch_size
+    assert model["max_ongoing_requests"] >= 2 * user.max_batch_size
+    assert 0 < model["max_queued_requests"] < 10_000
+    ingress = deployment(app, "Ingress")
+    assert 0 < ingress["max_queued_requests"] < 10_000
+
+
+def test_local_config_is_safe_by_default():
+    config = load("config.yaml")
+    assert config["http_options"]["host"] == "127.0.0.1"
+    assert config["http_options"]["request_timeout_s"] > 0
+    model = deployment(config["applications"][0], "FaceAttributeModel")
+    assert model["ray_actor_options"]["num_gpus"] == 0
+
+
+def test_gpu_variant_differs_only_where_documented():
+    base = load("config.yaml")
+    gpu = load("config.gpu.yaml")
+    assert {k: v for k, v in base.items() if k != "applications"} == {
+        k: v for k, v in gpu.items() if k != "applications"
+    }
+    assert differing_keys(base["applications"][0], gpu["applications"][0]) == GPU_OVERRIDES
+    gpu_model = deployment(gpu["applications"][0], "FaceAttributeModel")
+    assert gpu_model["ray_actor_options"]["num_gpus"] == 1
+    assert AppArgs.model_validate(gpu["applications"][0]["args"]).fp16 is True
+
+
+def test_bad_args_fail_with_the_key_named():
+    with pytest.raises(ValueError, match="max_body_mb"):
+        AppArgs.model_validate({"max_body_mb": -1})
+    with pytest.raises(ValueError, match="max_bodymb"):
+        AppArgs.model_validate({"max_bodymb": 10})  # a typo is not silently ignored
+    with pytest.raises(ValueError, match="max_batch_size"):
+        ModelConfig.model_validate({"model_uri": "m", "max_batch_size": 0})
+
+
+def test_cuda_device_without_gpu_fails_clearly():
+    import torch
+
+    from serve_app.face_attribute_model import choose_device
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has a GPU")
+    with pytest.raises(RuntimeError, match="num_gpus"):
+        choose_device("cuda")
+    assert choose_device("auto").type == "cpu"

@@ -1,0 +1,61 @@
+"""`serve run config.yaml` as a real subprocess answers POST /classify.
+
+`--non-blocking`: on Ctrl-C a blocking `serve run` shuts down all of Serve, and this cluster is
+shared with the other serving tests, which redeploy their own config afterwards."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from tests import images
+from tests.harness import ROOT, deployment, wait_for
+
+pytestmark = pytest.mark.serve
+
+
+def test_serve_run_config_yaml(serve_testbed, tmp_path):
+    config = yaml.safe_load((ROOT / "config.yaml").read_text())
+    # Only what a shared test cluster forces: its HTTP port, and an absolute model path
+    # (replicas resolve relative paths from the cluster's working directory).
+    config["http_options"]["port"] = serve_testbed.http_port
+    model = deployment(config["applications"][0], "FaceAttributeModel")
+    model["user_config"]["model_uri"] = serve_testbed.model_uri("latest")
+    config_path = tmp_path / "config.yaml"
+    config_path.write_text(yaml.safe_dump(config))
+
+    serve_bin = Path(sys.executable).with_name("serve")
+    proc = subprocess.Popen(
+        [
+            str(serve_bin), "run", "--non-blocking", str(config_path),
+            "--address", serve_testbed.cluster.gcs_address,
+        ],  # fmt: skip
+        cwd=ROOT,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        url = serve_testbed.url
+        out, _ = proc.communicate(timeout=180)
+        assert proc.returncode == 0, out[-3000:]
+        wait_for(
+            lambda: httpx.get(f"{url}/metadata").json()["serving"]["requested_uri"].endswith("latest"),
+            120,
+            "the app from config.yaml to come up",
+        )
+        response = httpx.post(
+            f"{url}/classify", files={"image": ("a.jpg", images.solid(images.RED), "image/jpeg")}
+        )
+        assert response.status_code == 200, response.text
+        assert response.json()["model"]["version"] == "v2"  # latest
+    finally:
+        if proc.poll() is None:
+            proc.kill()
