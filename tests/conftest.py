@@ -7,7 +7,10 @@ Serving tests deploy the application declaratively, exactly as `serve deploy con
 from __future__ import annotations
 
 import os
+import sys
 
+# `ray job submit -- python ...` runs `python` from the cluster's PATH: make it this venv's.
+os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 # Ray 2.60 turns token authentication on by default; clients (CLI, SDK) need this to use it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -23,6 +26,14 @@ def ray_cluster():
     cluster = RayCluster.start(num_cpus=8)
     yield cluster
     cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory):
+    """2,000 generated CelebA-format faces (1,600 train / 200 val / 200 test)."""
+    from train_job.synthetic import generate
+
+    return generate(tmp_path_factory.mktemp("celeba-synthetic"), 2000, seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,8 @@ ranks before computing, so it is not a mean of per-batch AUROCs)."""
 
 from __future__ import annotations
 
+import math
+
 import lightning.pytorch as pl
 import torch
 from torch import nn
@@ -90,16 +92,22 @@ class FaceAttributeClassifier(pl.LightningModule):
     def on_test_epoch_end(self) -> None:
         self._log_auroc("test", self.test_auroc, self.test_balance)
 
+    def lr_factor(self, step: int) -> float:
+        """Linear warm-up over 10% of the steps, then cosine decay to 1%. The total is read at
+        every step (not frozen into the scheduler's state), so a run resumed with more
+        --epochs stretches its schedule instead of failing."""
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = max(1, total // 10)
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        return 0.01 + 0.99 * 0.5 * (1.0 + math.cos(math.pi * progress))
+
     def configure_optimizers(self):
         optimizer = torch.optim.AdamW(
             self.parameters(), lr=self.hparams.lr, weight_decay=self.hparams.weight_decay
         )
-        scheduler = torch.optim.lr_scheduler.OneCycleLR(
-            optimizer,
-            max_lr=self.hparams.lr,
-            total_steps=max(1, int(self.trainer.estimated_stepping_batches)),
-            pct_start=0.2,
-        )
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self.lr_factor)
         return {
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "interval": "step"},

@@ -103,8 +103,8 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> Image.Image
     d.ellipse([cx - fw, cy - fh, cx + fw, cy + fh], fill=skin)
     if not attrs["Bald"]:
         d.chord([cx - fw - 4, cy - fh - 10, cx + fw + 4, cy + fh // 3], 180, 360, fill=hair)
-        if attrs["Bangs"]:
-            d.rectangle([cx - fw + 6, cy - fh // 2 - 4, cx + fw - 6, cy - fh // 4], fill=hair)
+        if attrs["Bangs"]:  # a fringe down to the eyebrows
+            d.rectangle([cx - fw + 4, cy - fh // 2 - 4, cx + fw - 4, cy - fh // 4 + 4], fill=hair)
     if attrs["Wearing_Hat"]:
         d.rectangle(
             [cx - fw - 12, cy - fh // 2 - 10, cx + fw + 12, cy - fh // 2 + 2], fill=(30, 120, 60)
@@ -117,7 +117,7 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> Image.Image
         brow = 9 if attrs["Bushy_Eyebrows"] else 2
         d.line([ex - 12, ey - 15, ex + 12, ey - 15], fill=dark, width=brow)
         if attrs["Heavy_Makeup"]:
-            d.ellipse([ex - 13, ey - 10, ex + 13, ey + 8], fill=(70, 90, 210))
+            d.ellipse([ex - 16, ey - 12, ex + 16, ey + 10], fill=(40, 70, 230))
         d.ellipse([ex - 8, ey - 5, ex + 8, ey + 5], fill=(255, 255, 255))
         d.ellipse([ex - 4, ey - 4, ex + 4, ey + 4], fill=dark)
         if attrs["Eyeglasses"]:
@@ -135,8 +135,9 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> Image.Image
     )
     my = cy + fh // 2
     lips = (235, 0, 60) if attrs["Wearing_Lipstick"] else (120, 80, 70)
-    if attrs["Smiling"]:  # a wide upturned crescent
+    if attrs["Smiling"]:  # a wide upturned crescent showing white teeth
         d.chord([cx - 26, my - 22, cx + 26, my + 14], 10, 170, fill=lips)
+        d.chord([cx - 18, my - 16, cx + 18, my + 6], 15, 165, fill=(255, 255, 255))
     else:
         d.rectangle([cx - 16, my - 4, cx + 16, my + 4], fill=lips)
     if attrs["Mouth_Slightly_Open"]:

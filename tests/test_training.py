@@ -1,0 +1,97 @@
+"""Ray Train runs on a real (shared) Ray instance: DDP on CPU with gloo, 2 workers."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from model_store import load_artifact
+from tests.harness import ROOT
+from train_job.synthetic import RENDERED
+
+pytestmark = [pytest.mark.train, pytest.mark.slow]
+
+FAST = ["--backbone", "resnet18", "--batch-size", "32", "--num-workers", "2", "--dataloader-workers", "0"]
+
+
+def rendered_auroc(meta) -> float:
+    per_label = meta.metrics["val_auroc_per_label"]
+    return sum(per_label[a] for a in RENDERED) / len(RENDERED)
+
+
+def test_ray_job_submit_trains_ddp_and_exports_a_servable_model(ray_cluster, train_data, tmp_path):
+    store = tmp_path / "store"
+    cmd = [
+        str(Path(sys.executable).with_name("ray")), "job", "submit",
+        "--address", ray_cluster.dashboard_url, "--working-dir", str(ROOT), "--",
+        "python", "-m", "train_job", "--data-dir", str(train_data), "--model-store", str(store),
+        "--image-size", "64", "--epochs", "4", "--max-samples", "1600", "--lr", "2e-3",
+        "--storage-path", str(tmp_path / "ray_results"), "--run-name", "job-ddp", *FAST,
+    ]  # fmt: skip
+    job = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
+    assert "val AUROC" in job.stdout  # the report was printed
+
+    artifact = load_artifact(str(store / "face-attributes" / "latest"))
+    meta = artifact.metadata
+    print(f"val AUROC {meta.metrics['val_auroc']}, rendered {rendered_auroc(meta):.4f}, "
+          f"test {meta.metrics['test_auroc']}, {meta.training['duration_s']} s")  # fmt: skip
+    assert rendered_auroc(meta) >= 0.9
+    assert meta.training["num_workers"] == 2 and meta.training["samples"]["train"] == 1600
+    assert meta.input_size == (64, 64) and meta.output_kind == "probabilities"
+    assert set(meta.metrics["test_auroc_per_label"]) >= set(RENDERED)
+
+    # Export equals eager: the best Ray checkpoint vs the TorchScript file on real images.
+    from train_job.export import load_best_model
+    from train_job.train_loop import build_datamodule
+    from train_job.config import TrainConfig
+    import ray.train
+
+    eager = load_best_model(ray.train.Checkpoint(meta.training["checkpoint"]))
+    cfg = TrainConfig(data_dir=str(train_data), image_size=64, max_samples=1600, dataloader_workers=0)
+    images, _ = next(iter(torch.utils.data.DataLoader(build_datamodule(cfg).dataset("test"), batch_size=8)))
+    scripted = torch.jit.load(io.BytesIO(artifact.model_bytes))
+    with torch.inference_mode():
+        torch.testing.assert_close(scripted(images), torch.sigmoid(eager(images)), atol=1e-4, rtol=1e-4)
+
+    # The serving code loads it (no training imports on that path).
+    from serve_app.face_attribute_model import _forward, load_model
+
+    served = load_model(str(store / "face-attributes" / "latest"), torch.device("cpu"), fp16=False)
+    probs = _forward(served, torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
+    assert probs.shape == (3, 40) and float(probs.min()) >= 0 and float(probs.max()) <= 1
+
+
+def test_rerun_with_same_name_resumes_from_checkpoint(ray_cluster, train_data, tmp_path):
+    common = [
+        sys.executable, "-m", "train_job", "--data-dir", str(train_data),
+        "--model-store", str(tmp_path / "store"), "--image-size", "32", "--max-samples", "256",
+        "--storage-path", str(tmp_path / "ray_results"), "--run-name", "resume-me", *FAST,
+    ]  # fmt: skip
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
+    first = subprocess.run([*common, "--epochs", "1"], capture_output=True, text=True, timeout=600, env=env)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    assert "Resuming" not in first.stdout + first.stderr
+
+    second = subprocess.run([*common, "--epochs", "2"], capture_output=True, text=True, timeout=600, env=env)
+    log = second.stdout + second.stderr
+    assert second.returncode == 0, log[-4000:]
+    assert "Resuming resume-me from its checkpoint after epoch 0" in log
+    meta = load_artifact(str(tmp_path / "store" / "face-attributes" / "latest")).metadata
+    assert meta.training["epochs_trained"] == 2
+    assert len(list((tmp_path / "store" / "face-attributes").iterdir())) == 3  # 2 versions + latest
+
+
+def test_bad_data_dir_fails_before_starting_workers(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "train_job", "--data-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "list_attr_celeba.csv" in result.stderr
