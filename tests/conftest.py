@@ -16,9 +16,9 @@ os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
 
-import pytest  # noqa: E402
+import pytest
 
-from tests.harness import RayCluster, ServeTestbed, free_port  # noqa: E402
+from tests.harness import RayCluster, ServeTestbed, free_port
 
 
 @pytest.fixture(scope="session")

@@ -6,7 +6,13 @@ import io
 
 from PIL import Image
 
-RED, GREEN, BLUE, BLACK, WHITE = (250, 10, 10), (10, 250, 10), (10, 10, 250), (0, 0, 0), (255, 255, 255)
+RED, GREEN, BLUE, BLACK, WHITE = (
+    (250, 10, 10),
+    (10, 250, 10),
+    (10, 10, 250),
+    (0, 0, 0),
+    (255, 255, 255),
+)
 
 
 def encode(image: Image.Image, fmt: str, **params) -> bytes:

@@ -41,12 +41,20 @@ def test_generator_is_reproducible(tmp_path):
     a = generate(tmp_path / "a", 15, seed=7)
     b = generate(tmp_path / "b", 15, seed=7)
     assert (a / "list_attr_celeba.csv").read_bytes() == (b / "list_attr_celeba.csv").read_bytes()
-    assert (a / "img_align_celeba/000009.jpg").read_bytes() == (b / "img_align_celeba/000009.jpg").read_bytes()
+    assert (a / "img_align_celeba/000009.jpg").read_bytes() == (
+        b / "img_align_celeba/000009.jpg"
+    ).read_bytes()
 
 
 def test_minus_one_one_labels_map_to_zero_one(kaggle):
     table = read_attributes(kaggle / "list_attr_celeba.csv")
-    raw = np.array([line.split(",")[1:] for line in (kaggle / "list_attr_celeba.csv").read_text().splitlines()[1:]], dtype=int)
+    raw = np.array(
+        [
+            line.split(",")[1:]
+            for line in (kaggle / "list_attr_celeba.csv").read_text().splitlines()[1:]
+        ],
+        dtype=int,
+    )
     assert set(np.unique(raw)) <= {-1, 1}
     assert np.array_equal(table.labels, (raw == 1).astype(np.uint8))
     assert table.attribute_names == list(ATTRIBUTES)
@@ -69,7 +77,10 @@ def test_original_text_layout_and_kaggle_nesting(tmp_path):
     nested = tmp_path / "nested"
     shutil.copytree(original, nested / "x")
     (nested / "img_align_celeba").mkdir(parents=True)
-    shutil.move(str(nested / "x" / "img_align_celeba"), str(nested / "img_align_celeba" / "img_align_celeba"))
+    shutil.move(
+        str(nested / "x" / "img_align_celeba"),
+        str(nested / "img_align_celeba" / "img_align_celeba"),
+    )
     for f in ("list_attr_celeba.txt", "list_eval_partition.txt"):
         shutil.move(str(nested / "x" / f), str(nested / f))
     layout = CelebALayout.discover(nested)

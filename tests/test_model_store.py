@@ -32,8 +32,20 @@ def test_versions_never_overwrite(tmp_path):
 
 def test_metadata_is_self_describing(tmp_path):
     art = write_tiny_artifact(str(tmp_path))
-    meta = json.loads((tmp_path / "face-attributes" / art.metadata.version / "metadata.json").read_text())
-    for key in ("labels", "input_size", "mean", "std", "threshold", "output_kind", "version", "sha256", "metrics"):
+    meta = json.loads(
+        (tmp_path / "face-attributes" / art.metadata.version / "metadata.json").read_text()
+    )
+    for key in (
+        "labels",
+        "input_size",
+        "mean",
+        "std",
+        "threshold",
+        "output_kind",
+        "version",
+        "sha256",
+        "metrics",
+    ):
         assert key in meta, key
     assert len(meta["labels"]) == 40
 

@@ -33,9 +33,13 @@ def test_serve_run_config_yaml(serve_testbed, tmp_path):
     serve_bin = Path(sys.executable).with_name("serve")
     proc = subprocess.Popen(
         [
-            str(serve_bin), "run", "--non-blocking", str(config_path),
-            "--address", serve_testbed.cluster.gcs_address,
-        ],  # fmt: skip
+            str(serve_bin),
+            "run",
+            "--non-blocking",
+            str(config_path),
+            "--address",
+            serve_testbed.cluster.gcs_address,
+        ],
         cwd=ROOT,
         env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
@@ -47,7 +51,9 @@ def test_serve_run_config_yaml(serve_testbed, tmp_path):
         out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, out[-3000:]
         wait_for(
-            lambda: httpx.get(f"{url}/metadata").json()["serving"]["requested_uri"].endswith("latest"),
+            lambda: (
+                httpx.get(f"{url}/metadata").json()["serving"]["requested_uri"].endswith("latest")
+            ),
             120,
             "the app from config.yaml to come up",
         )

@@ -14,7 +14,9 @@ from tests.artifacts import CELEBA_LABELS
 pytestmark = pytest.mark.serve
 
 
-def classify(http: httpx.Client, data: bytes, content_type: str = "image/jpeg", **kw) -> httpx.Response:
+def classify(
+    http: httpx.Client, data: bytes, content_type: str = "image/jpeg", **kw
+) -> httpx.Response:
     return http.post("/classify", files={"image": ("upload", data, content_type)}, **kw)
 
 
@@ -39,7 +41,9 @@ def test_health_ready_metadata_openapi(served):
     assert meta["serving"]["device"] == "cpu"
     spec = http.get("/openapi.json").json()
     assert spec["openapi"].startswith("3.")
-    assert {"/classify", "/classify/batch", "/healthz", "/readyz", "/metadata"} <= set(spec["paths"])
+    assert {"/classify", "/classify/batch", "/healthz", "/readyz", "/metadata"} <= set(
+        spec["paths"]
+    )
 
 
 def test_classify_multipart_response_format(served):
@@ -60,14 +64,21 @@ def test_classify_multipart_response_format(served):
 
 def test_classify_raw_body(served):
     response = served.http.post(
-        "/classify", content=images.solid(images.GREEN, fmt="PNG"), headers={"content-type": "image/png"}
+        "/classify",
+        content=images.solid(images.GREEN, fmt="PNG"),
+        headers={"content-type": "image/png"},
     )
     assert top_label(response) == CELEBA_LABELS[1]
 
 
 @pytest.mark.parametrize(
     ("fmt", "color", "expected"),
-    [("JPEG", images.RED, 0), ("PNG", images.GREEN, 1), ("WEBP", images.BLUE, 2), ("BMP", images.RED, 0)],
+    [
+        ("JPEG", images.RED, 0),
+        ("PNG", images.GREEN, 1),
+        ("WEBP", images.BLUE, 2),
+        ("BMP", images.RED, 0),
+    ],
 )
 def test_each_image_format(served, fmt, color, expected):
     response = classify(served.http, images.solid(color, fmt=fmt), f"image/{fmt.lower()}")
@@ -75,7 +86,10 @@ def test_each_image_format(served, fmt, color, expected):
 
 
 def test_gif_uses_first_frame(served):
-    assert top_label(classify(served.http, images.two_frame_gif(images.RED, images.BLUE), "image/gif")) == CELEBA_LABELS[0]
+    assert (
+        top_label(classify(served.http, images.two_frame_gif(images.RED, images.BLUE), "image/gif"))
+        == CELEBA_LABELS[0]
+    )
 
 
 def test_transparent_png_is_white(served):
@@ -120,7 +134,11 @@ def assert_error(response: httpx.Response, status: int, code: str) -> None:
 
 
 def test_error_empty_image(served):
-    assert_error(served.http.post("/classify", content=b"", headers={"content-type": "image/jpeg"}), 400, "empty_image")
+    assert_error(
+        served.http.post("/classify", content=b"", headers={"content-type": "image/jpeg"}),
+        400,
+        "empty_image",
+    )
     assert_error(classify(served.http, b""), 400, "empty_image")
 
 
@@ -137,22 +155,38 @@ def test_error_decompression_bomb(served):
 
 def test_error_body_over_limit(served):
     too_big = b"\xff" * (1024 * 1024 + 10)  # the test config allows 1 MB
-    assert_error(served.http.post("/classify", content=too_big, headers={"content-type": "image/jpeg"}), 413, "payload_too_large")
+    assert_error(
+        served.http.post("/classify", content=too_big, headers={"content-type": "image/jpeg"}),
+        413,
+        "payload_too_large",
+    )
 
     def chunks():  # no Content-Length: the limit holds while streaming
         for _ in range(20):
             yield b"\xff" * 100_000
 
-    assert_error(served.http.post("/classify", content=chunks(), headers={"content-type": "image/jpeg"}), 413, "payload_too_large")
+    assert_error(
+        served.http.post("/classify", content=chunks(), headers={"content-type": "image/jpeg"}),
+        413,
+        "payload_too_large",
+    )
 
 
 def test_error_unsupported_content_type(served):
-    assert_error(served.http.post("/classify", content=b"abc", headers={"content-type": "text/plain"}), 415, "unsupported_media_type")
+    assert_error(
+        served.http.post("/classify", content=b"abc", headers={"content-type": "text/plain"}),
+        415,
+        "unsupported_media_type",
+    )
     assert_error(served.http.post("/classify", content=b"abc"), 415, "unsupported_media_type")
 
 
 def test_error_missing_image_field(served):
-    assert_error(served.http.post("/classify", files={"photo": ("a.jpg", images.solid(), "image/jpeg")}), 422, "missing_image")
+    assert_error(
+        served.http.post("/classify", files={"photo": ("a.jpg", images.solid(), "image/jpeg")}),
+        422,
+        "missing_image",
+    )
 
 
 def test_error_unknown_route_and_method(served):
@@ -162,7 +196,12 @@ def test_error_unknown_route_and_method(served):
 
 def test_bad_input_never_restarts_the_replica(served):
     before = served.metadata()["serving"]["replica_id"]
-    for data in (b"", b"\x89PNG\r\n\x1a\n" + b"\x00" * 50, images.solid()[:200], b"GIF89a" + b"\xff" * 30):
+    for data in (
+        b"",
+        b"\x89PNG\r\n\x1a\n" + b"\x00" * 50,
+        images.solid()[:200],
+        b"GIF89a" + b"\xff" * 30,
+    ):
         assert classify(served.http, data).status_code == 400
     assert classify(served.http, images.solid()).status_code == 200
     assert served.metadata()["serving"]["replica_id"] == before
@@ -270,8 +309,12 @@ def test_overload_gets_fast_503_with_retry_after(served):
             responses = concurrent_classify(served.url, 48, images.solid(size=(1200, 1200)))
             return [r for r in responses if r.status_code == 503], responses
 
-        busy, responses = wait_for(lambda: overloaded()[0] and overloaded(), 60, "503s under overload")
-        assert all(r.status_code in (200, 503) for r in responses), {r.status_code for r in responses}
+        busy, responses = wait_for(
+            lambda: overloaded()[0] and overloaded(), 60, "503s under overload"
+        )
+        assert all(r.status_code in (200, 503) for r in responses), {
+            r.status_code for r in responses
+        }
         for r in busy:
             assert r.json()["error"] == "overloaded"
             assert r.headers["retry-after"] == "1"

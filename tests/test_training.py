@@ -17,7 +17,16 @@ from train_job.synthetic import RENDERED
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
 
-FAST = ["--backbone", "resnet18", "--batch-size", "32", "--num-workers", "2", "--dataloader-workers", "0"]
+FAST = [
+    "--backbone",
+    "resnet18",
+    "--batch-size",
+    "32",
+    "--num-workers",
+    "2",
+    "--dataloader-workers",
+    "0",
+]
 
 
 def rendered_auroc(meta) -> float:
@@ -34,7 +43,13 @@ def test_ray_job_submit_trains_ddp_and_exports_a_servable_model(ray_cluster, tra
         "--image-size", "64", "--epochs", "4", "--max-samples", "1600", "--lr", "2e-3",
         "--storage-path", str(tmp_path / "ray_results"), "--run-name", "job-ddp", *FAST,
     ]  # fmt: skip
-    job = subprocess.run(cmd, capture_output=True, text=True, timeout=1200, env={**os.environ, "RAY_AUTH_MODE": "token"})
+    job = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )
     assert job.returncode == 0, job.stdout[-4000:] + job.stderr[-4000:]
     assert "val AUROC" in job.stdout  # the report was printed
 
@@ -48,17 +63,24 @@ def test_ray_job_submit_trains_ddp_and_exports_a_servable_model(ray_cluster, tra
     assert set(meta.metrics["test_auroc_per_label"]) >= set(RENDERED)
 
     # Export equals eager: the best Ray checkpoint vs the TorchScript file on real images.
-    from train_job.export import load_best_model
-    from train_job.train_loop import build_datamodule
-    from train_job.config import TrainConfig
     import ray.train
 
+    from train_job.config import TrainConfig
+    from train_job.export import load_best_model
+    from train_job.train_loop import build_datamodule
+
     eager = load_best_model(ray.train.Checkpoint(meta.training["checkpoint"]))
-    cfg = TrainConfig(data_dir=str(train_data), image_size=64, max_samples=1600, dataloader_workers=0)
-    images, _ = next(iter(torch.utils.data.DataLoader(build_datamodule(cfg).dataset("test"), batch_size=8)))
+    cfg = TrainConfig(
+        data_dir=str(train_data), image_size=64, max_samples=1600, dataloader_workers=0
+    )
+    images, _ = next(
+        iter(torch.utils.data.DataLoader(build_datamodule(cfg).dataset("test"), batch_size=8))
+    )
     scripted = torch.jit.load(io.BytesIO(artifact.model_bytes))
     with torch.inference_mode():
-        torch.testing.assert_close(scripted(images), torch.sigmoid(eager(images)), atol=1e-4, rtol=1e-4)
+        torch.testing.assert_close(
+            scripted(images), torch.sigmoid(eager(images)), atol=1e-4, rtol=1e-4
+        )
 
     # The serving code loads it (no training imports on that path).
     from serve_app.face_attribute_model import _forward, load_model
@@ -75,11 +97,15 @@ def test_rerun_with_same_name_resumes_from_checkpoint(ray_cluster, train_data, t
         "--storage-path", str(tmp_path / "ray_results"), "--run-name", "resume-me", *FAST,
     ]  # fmt: skip
     env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
-    first = subprocess.run([*common, "--epochs", "1"], capture_output=True, text=True, timeout=600, env=env)
+    first = subprocess.run(
+        [*common, "--epochs", "1"], capture_output=True, text=True, timeout=600, env=env
+    )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Resuming" not in first.stdout + first.stderr
 
-    second = subprocess.run([*common, "--epochs", "2"], capture_output=True, text=True, timeout=600, env=env)
+    second = subprocess.run(
+        [*common, "--epochs", "2"], capture_output=True, text=True, timeout=600, env=env
+    )
     log = second.stdout + second.stderr
     assert second.returncode == 0, log[-4000:]
     assert "Resuming resume-me from its checkpoint after epoch 0" in log
