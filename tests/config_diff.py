@@ -20,6 +20,12 @@ GPU_OVERRIDES = frozenset(
 )
 
 
+# kuberay/rayservice.yaml: the GPU variant, plus the model store on the cluster's shared volume.
+KUBERAY_OVERRIDES = GPU_OVERRIDES | {"FaceAttributeModel.user_config.model_uri"}
+# Outside the application: pods must listen on their own address, not loopback.
+KUBERAY_HTTP_OVERRIDES = frozenset({"host"})
+
+
 def flatten_app(app: dict[str, Any]) -> dict[str, Any]:
     """One application -> {dotted.path: value}, deployments keyed by their name."""
     flat: dict[str, Any] = {}
