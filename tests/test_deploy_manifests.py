@@ -58,7 +58,9 @@ def schemas() -> dict[str, dict]:
         pytest.skip(message)
     out = {}
     for kind, name in CRD_FILES.items():
-        crd = yaml.load((CRD_DIR / name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+        crd = yaml.load(
+            (CRD_DIR / name).read_text(), Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+        )
         v1 = next(v for v in crd["spec"]["versions"] if v["name"] == "v1")
         out[kind] = strict(v1["schema"]["openAPIV3Schema"])
     return out
@@ -69,7 +71,11 @@ def manifest(kind: str) -> dict:
 
 
 def cluster_spec(doc: dict) -> dict:
-    return doc["spec"]["rayClusterConfig"] if doc["kind"] == "RayService" else doc["spec"]["rayClusterSpec"]
+    return (
+        doc["spec"]["rayClusterConfig"]
+        if doc["kind"] == "RayService"
+        else doc["spec"]["rayClusterSpec"]
+    )
 
 
 def operator_rule_violations(doc: dict) -> list[str]:
@@ -115,8 +121,16 @@ def test_manifest_validates_against_crd(schemas, kind):
     ("kind", "mutate", "expected"),
     [
         ("RayService", lambda d: d["spec"].update(serveConfgV2="typo"), "serveConfgV2"),
-        ("RayJob", lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"].update(rayStartParam={}), "rayStartParam"),
-        ("RayService", lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(minReplica=1), "minReplica"),
+        (
+            "RayJob",
+            lambda d: d["spec"]["rayClusterSpec"]["headGroupSpec"].update(rayStartParam={}),
+            "rayStartParam",
+        ),
+        (
+            "RayService",
+            lambda d: d["spec"]["rayClusterConfig"]["workerGroupSpecs"][0].update(minReplica=1),
+            "minReplica",
+        ),
     ],
 )
 def test_a_typo_is_caught(schemas, kind, mutate, expected):
@@ -133,9 +147,17 @@ def test_operator_rules_are_enforced():
     spec = doc["spec"]["rayClusterConfig"]
     spec["headGroupSpec"]["rayStartParams"]["num-cpus"] = 0
     spec["workerGroupSpecs"][0]["minReplicas"] = 9
-    spec["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"]["limits"]["memory"] = "1Gi"
+    spec["workerGroupSpecs"][1]["template"]["spec"]["containers"][0]["resources"]["limits"][
+        "memory"
+    ] = "1Gi"
     problems = "\n".join(operator_rule_violations(doc))
-    for fragment in ("DNS-1035", "upgradeStrategy", "rayStartParams.num-cpus", "minReplicas", "requests must equal limits"):
+    for fragment in (
+        "DNS-1035",
+        "upgradeStrategy",
+        "rayStartParams.num-cpus",
+        "minReplicas",
+        "requests must equal limits",
+    ):
         assert fragment in problems
 
 
@@ -147,7 +169,11 @@ def test_rayservice_serves_the_same_app_as_config_yaml():
     ServeDeploySchema.model_validate(serve_config)
     (app,) = serve_config["applications"]
     assert differing_keys(local["applications"][0], app) == KUBERAY_OVERRIDES
-    http_diff = {k for k in local["http_options"] if local["http_options"][k] != serve_config["http_options"].get(k)}
+    http_diff = {
+        k
+        for k in local["http_options"]
+        if local["http_options"][k] != serve_config["http_options"].get(k)
+    }
     assert http_diff == KUBERAY_HTTP_OVERRIDES
     assert {k: v for k, v in local.items() if k not in ("applications", "http_options")} == {
         k: v for k, v in serve_config.items() if k not in ("applications", "http_options")
@@ -173,10 +199,16 @@ def test_rayjob_entrypoint_parses_with_the_training_cli():
     args = build_parser().parse_args(argv[3:])
     cfg = TrainConfig(**vars(args))
     assert cfg.use_gpu and cfg.num_workers == 2
-    service_uri = yaml.safe_load(manifest("RayService")["spec"]["serveConfigV2"])["applications"][0]["deployments"][0]["user_config"]["model_uri"]
-    assert service_uri == f"{cfg.model_store}/{cfg.model_name}/latest"  # the store the service reads
+    service_uri = yaml.safe_load(manifest("RayService")["spec"]["serveConfigV2"])["applications"][
+        0
+    ]["deployments"][0]["user_config"]["model_uri"]
+    assert (
+        service_uri == f"{cfg.model_store}/{cfg.model_name}/latest"
+    )  # the store the service reads
     workers = job["spec"]["rayClusterSpec"]["workerGroupSpecs"][0]
-    gpus = int(workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"])
+    gpus = int(
+        workers["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"]
+    )
     assert workers["replicas"] * gpus >= cfg.num_workers
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     assert yaml.safe_load(job["spec"]["runtimeEnvYAML"])["env_vars"]
@@ -203,10 +235,17 @@ def test_cluster_yaml_passes_rays_validator():
 
 def test_ray_version_is_the_same_everywhere():
     version = ray.__version__
-    texts = {p: (ROOT / p).read_text() for p in ("Dockerfile", "cluster.yaml", *MANIFESTS.values(), "pyproject.toml")}
+    texts = {
+        p: (ROOT / p).read_text()
+        for p in ("Dockerfile", "cluster.yaml", *MANIFESTS.values(), "pyproject.toml")
+    }
     assert f"ARG RAY_VERSION={version}" in texts["Dockerfile"]
     assert f'"ray[serve,train]=={version}"' in texts["pyproject.toml"]
-    tags = {m for text in texts.values() for m in re.findall(r"rayproject/ray:([0-9][0-9.]*[0-9])", text)}
+    tags = {
+        m
+        for text in texts.values()
+        for m in re.findall(r"rayproject/ray:([0-9][0-9.]*[0-9])", text)
+    }
     assert tags == {version}
     for kind in MANIFESTS:
         assert cluster_spec(manifest(kind))["rayVersion"] == version
@@ -215,6 +254,8 @@ def test_ray_version_is_the_same_everywhere():
 def test_dockerfile_runs_as_non_root_without_secrets():
     text = (ROOT / "Dockerfile").read_text()
     assert re.search(r"^USER ray$", text, re.M)
-    instructions = "\n".join(line for line in text.splitlines() if not line.lstrip().startswith("#"))
+    instructions = "\n".join(
+        line for line in text.splitlines() if not line.lstrip().startswith("#")
+    )
     assert not re.search(r"(?i)(password|secret|aws_access|_key=)", instructions)
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-", text, re.M)
