@@ -11,7 +11,7 @@ DEMO_STORE ?= models
 DEMO_TRAIN_ARGS ?= --backbone resnet18 --image-size 64 --epochs 4 --batch-size 32 \
 	--num-workers 2 --dataloader-workers 0 --lr 2e-3
 
-.PHONY: install test test-fast lint format demo data train serve clean
+.PHONY: install test test-fast test-reliability lint format demo data train serve clean
 
 install: $(VENV)/.installed
 
@@ -25,6 +25,9 @@ test: install
 
 test-fast: install  ## everything but Ray Train runs
 	$(PY) -m pytest -m "not train"
+
+test-reliability: install  ## the reliability suite alone; figures in test-output/reliability.json
+	$(PY) -m pytest tests/reliability
 
 lint: install
 	$(BIN)/ruff check .

@@ -1,0 +1,89 @@
+"""Crashes: a model replica killed under load, a Ray Train worker killed mid-run."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+from ray.util.state import list_actors
+
+from model_store import load_artifact
+from tests.harness import wait_for
+from tests.reliability.helpers import LoadGenerator, replica_pids
+
+
+def test_model_replica_killed_under_load_recovers(served, figures):
+    with LoadGenerator(served.url, clients=6, max_seconds=90) as load:
+        wait_for(lambda: load.count() > 30, 30, "traffic before the crash")
+        (pid,) = replica_pids(served)["FaceAttributeModel"]
+        killed_at = time.monotonic()
+        os.kill(pid, signal.SIGKILL)
+
+        def recovered() -> bool:
+            timeline = list(load.result.timeline)
+            after = [s for t, s in timeline if t > killed_at]
+            return len(after) >= 20 and all(s == 200 for s in after[-20:])
+
+        wait_for(recovered, 30, "20 successful requests in a row after the crash", interval=0.2)
+        recovery_s = time.monotonic() - killed_at
+    failed = [(t - killed_at, s) for t, s in load.result.timeline if s != 200]
+    assert replica_pids(served)["FaceAttributeModel"] != [pid]
+    assert recovery_s < 30
+    assert all(s in (503,) for _, s in failed), failed  # failures are clean 503s, not hangs or 500s
+    figures.update(
+        requests=load.count(),
+        failed_in_window=len(failed),
+        failed_statuses=sorted({s for _, s in failed}),
+        recovered_within_s=round(recovery_s, 1),
+    )
+
+
+@pytest.mark.train
+def test_training_worker_killed_mid_run_resumes_from_checkpoint(
+    ray_cluster, train_data, tmp_path, figures
+):
+    storage = tmp_path / "ray_results"
+    store = tmp_path / "store"
+    cmd = [
+        sys.executable, "-m", "train_job", "--data-dir", str(train_data), "--model-store", str(store),
+        "--backbone", "resnet18", "--image-size", "32", "--max-samples", "512", "--epochs", "3",
+        "--batch-size", "32", "--num-workers", "2", "--dataloader-workers", "0",
+        "--storage-path", str(storage), "--run-name", "crash-me", "--max-failures", "2",
+    ]  # fmt: skip
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address},
+    )  # fmt: skip
+    try:
+        wait_for(
+            lambda: list((storage / "crash-me").glob("checkpoint_*")), 240, "the first checkpoint"
+        )
+        workers = list_actors(
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+        )
+        assert workers, "no Ray Train worker alive"
+        victim = workers[0]["pid"]
+        killed_at = time.monotonic()
+        os.kill(victim, signal.SIGKILL)
+        out, _ = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, out[-4000:]
+    assert "Resuming crash-me from its checkpoint after epoch" in out
+    meta = load_artifact(str(store / "face-attributes" / "latest")).metadata
+    assert meta.training["epochs_trained"] == 3
+    figures.update(
+        killed_worker_pid=victim,
+        finished_after_kill_s=round(time.monotonic() - killed_at, 1),
+        resumed_from=next(
+            line.split("after epoch")[1].strip()
+            for line in out.splitlines()
+            if "after epoch" in line
+        ),
+        final_val_auroc=meta.metrics["val_auroc"],
+    )
