@@ -73,6 +73,7 @@ def train_loop_per_worker(config: dict) -> None:
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
+        print(f"Starting {cfg.run_name} from scratch (no checkpoint to resume from)")
         trainer.fit(model, datamodule=datamodule)
         return
     with checkpoint.as_directory() as ckpt_dir:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -42,6 +43,17 @@ def test_model_replica_killed_under_load_recovers(served, figures):
     )
 
 
+def registered_checkpoints(run_dir) -> int:
+    snapshot = run_dir / "checkpoint_manager_snapshot.json"
+    if not snapshot.exists():
+        return 0
+    try:
+        state = json.loads(snapshot.read_text())
+    except ValueError:  # being written
+        return 0
+    return len(state.get("checkpoint_results") or [])
+
+
 @pytest.mark.train
 def test_training_worker_killed_mid_run_resumes_from_checkpoint(
     ray_cluster, train_data, tmp_path, figures
@@ -50,7 +62,7 @@ def test_training_worker_killed_mid_run_resumes_from_checkpoint(
     store = tmp_path / "store"
     cmd = [
         sys.executable, "-m", "train_job", "--data-dir", str(train_data), "--model-store", str(store),
-        "--backbone", "resnet18", "--image-size", "32", "--max-samples", "512", "--epochs", "3",
+        "--backbone", "resnet18", "--image-size", "32", "--max-samples", "1024", "--epochs", "3",
         "--batch-size", "32", "--num-workers", "2", "--dataloader-workers", "0",
         "--storage-path", str(storage), "--run-name", "crash-me", "--max-failures", "2",
     ]  # fmt: skip
@@ -59,9 +71,14 @@ def test_training_worker_killed_mid_run_resumes_from_checkpoint(
         env={**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address},
     )  # fmt: skip
     try:
+        # A checkpoint counts once Ray Train's controller has registered it in its snapshot; kill
+        # mid-epoch a few seconds later, when the next epoch is under way.
         wait_for(
-            lambda: list((storage / "crash-me").glob("checkpoint_*")), 240, "the first checkpoint"
+            lambda: registered_checkpoints(storage / "crash-me") >= 1,
+            240,
+            "a registered checkpoint",
         )
+        time.sleep(4)
         workers = list_actors(
             filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
         )
@@ -74,7 +91,7 @@ def test_training_worker_killed_mid_run_resumes_from_checkpoint(
         if proc.poll() is None:
             proc.kill()
     assert proc.returncode == 0, out[-4000:]
-    assert "Resuming crash-me from its checkpoint after epoch" in out
+    assert "Resuming crash-me from its checkpoint after epoch" in out, out[-6000:]
     meta = load_artifact(str(store / "face-attributes" / "latest")).metadata
     assert meta.training["epochs_trained"] == 3
     figures.update(
