@@ -11,7 +11,7 @@ DEMO_STORE ?= models
 DEMO_TRAIN_ARGS ?= --backbone resnet18 --image-size 64 --epochs 4 --batch-size 32 \
 	--num-workers 2 --dataloader-workers 0 --lr 2e-3
 
-.PHONY: install test test-fast test-reliability lint format demo data train serve clean
+.PHONY: install test test-fast test-reliability lint format demo data train serve bench clean
 
 install: $(VENV)/.installed
 
@@ -57,6 +57,10 @@ serve: install
 	$(BIN)/serve run config.yaml
 
 demo: train serve
+
+bench: install  ## serving benchmark: table and plot in bench/results/ (about 10 minutes)
+	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
+	$(PY) -m bench.run
 
 clean:
 	rm -rf $(VENV) data models ray_results .pytest_cache

@@ -32,7 +32,9 @@ def test_overload_sheds_fast_and_accepted_requests_succeed(served, figures):
     assert statuses.get(200, 0) > 0
     assert result.bad_503 == 0, "every 503 carries Retry-After"
     p50_503 = percentile(result.latencies_503, 0.5)
-    assert p50_503 < 0.5, f"shedding should be fast, p50 of 503s was {p50_503:.3f}s"
+    p50_200 = percentile(result.latencies_200, 0.5)
+    # Shedding is fast: quicker than serving, and well under a second even on a saturated box.
+    assert p50_503 < min(1.0, p50_200), f"p50 of 503s {p50_503:.3f}s vs 200s {p50_200:.3f}s"
     for name in rss_before:
         assert rss_after[name] < rss_before[name] * 1.5 + 100, (name, rss_before, rss_after)
     figures.update(

@@ -1,0 +1,1 @@
+"""Serving benchmarks: model-only limit, Ray Serve end to end, a hand-written baseline."""
