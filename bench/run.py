@@ -265,6 +265,7 @@ def main() -> None:
         "--env", action="append", default=[], metavar="NAME=VALUE", help="environment for serve run"
     )
     parser.add_argument("--tag", default="latest")
+    parser.add_argument("--no-baseline", action="store_true", help="measure Serve only (A/B runs)")
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
     env = dict(s.split("=", 1) for s in args.env)
@@ -286,12 +287,13 @@ def main() -> None:
                 print(f"    {t['threads']} threads: best {t['best']}", flush=True)
             print(f"== {backbone}: ray-serve (config.yaml)", flush=True)
             serve = run_serve(uri, images, args.levels, args.seconds, overrides, env)
-            print(f"== {backbone}: hand-written baseline", flush=True)
-            baseline = run_baseline(uri, images, args.levels, args.seconds, args.baseline_threads)
-            results["models"][backbone] = {
-                "model_limit": limit,
-                "systems": {"ray-serve": serve, "baseline": baseline},
-            }
+            systems = {"ray-serve": serve}
+            if not args.no_baseline:
+                print(f"== {backbone}: hand-written baseline", flush=True)
+                systems["baseline"] = run_baseline(
+                    uri, images, args.levels, args.seconds, args.baseline_threads
+                )
+            results["models"][backbone] = {"model_limit": limit, "systems": systems}
     (RESULTS / f"{args.tag}.json").write_text(json.dumps(results, indent=2))
     plot(results, RESULTS / f"{args.tag}.png")
     table = markdown(results)
