@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-import torch
 from torch import nn
 from torchvision import models
 
@@ -96,16 +95,3 @@ def small_cnn(num_labels: int, pretrained: bool) -> nn.Module:
         block(3, 32), block(32, 64), block(64, 96), block(96, 128),
         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Dropout(0.2), nn.Linear(128, num_labels),
     )  # fmt: skip
-
-
-def count_parameters(net: nn.Module) -> int:
-    return sum(p.numel() for p in net.parameters())
-
-
-__all__ = [
-    "BACKBONES",
-    "PretrainedWeightsUnavailable",
-    "build_backbone",
-    "count_parameters",
-    "torch",
-]
