@@ -208,6 +208,38 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
+# Issue 7's targets: saturated end-to-end / model-only, per backbone.
+RATIO_TARGETS = {"resnet34": 0.9, "mobilenet_v3_small": 0.7}
+
+
+def targets(
+    name: str, serve: list[dict], limit: float, batch1_ms: float, baseline: dict | None
+) -> list[str]:
+    """Met / not met for each target, from this run's numbers."""
+    peak = max(r["throughput_rps"] for r in serve)
+    rows = []
+    if name in RATIO_TARGETS:
+        goal = RATIO_TARGETS[name]
+        rows.append(
+            f"- saturated / model-only >= {goal}: {peak / limit:.2f} -> {'met' if peak / limit >= goal else 'not met'}"
+        )
+    delta = serve[0]["p50_ms"] - batch1_ms
+    rows.append(
+        f"- p50 at c=1 within 15 ms of batch-1 latency: +{delta:.1f} ms -> {'met' if delta <= 15 else 'not met'}"
+    )
+    if baseline:
+        pairs = [(s, b) for s, b in zip(serve, baseline["celeba"]) if s["concurrency"] >= 4]
+        ahead = all(s["throughput_rps"] > b["throughput_rps"] for s, b in pairs)
+        ratios = ", ".join(
+            f"c={s['concurrency']}: {s['throughput_rps'] / b['throughput_rps']:.2f}x"
+            for s, b in pairs
+        )
+        rows.append(
+            f"- ahead of the baseline at every c >= 4 ({ratios}) -> {'met' if ahead else 'not met'}"
+        )
+    return ["Targets:", *rows, ""]
+
+
 def markdown(results: dict) -> str:
     lines = []
     for name, entry in results["models"].items():
@@ -240,6 +272,7 @@ def markdown(results: dict) -> str:
         peak = max(r["throughput_rps"] for r in serve)
         lines.append(f"\nSaturated end-to-end / model-only: **{peak / best['images_per_s']:.2f}**; "
                      f"p50 at c=1 minus batch-1 latency: **{serve[0]['p50_ms'] - b1:.1f} ms**.\n")  # fmt: skip
+        lines += targets(name, serve, best["images_per_s"], b1, systems.get("baseline"))
         photo = systems["ray-serve"].get("photo")
         if photo:
             lines.append(
