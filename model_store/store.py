@@ -189,11 +189,8 @@ def list_versions(store_uri: str) -> list[dict[str, Any]]:
                 meta = json.loads(_read_text(fs, meta_path))
             except json.JSONDecodeError:
                 meta = {}
-            size = (
-                fs.size(_join(version_dir, MODEL_FILE))
-                if fs.exists(_join(version_dir, MODEL_FILE))
-                else 0
-            )
+            model_path = _join(version_dir, MODEL_FILE)
+            size = fs.size(model_path) if fs.exists(model_path) else 0
             version = posixpath.basename(version_dir.rstrip("/"))
             rows.append(
                 {

@@ -27,7 +27,6 @@ class InputSpec:
 
     input_size: tuple[int, int]  # (height, width)
     interpolation: str
-    version: str
 
 
 def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> torch.Tensor:

@@ -146,9 +146,7 @@ class Ingress:
         async with self._spec_lock:
             if self._spec is None or refresh:
                 meta = await self._describe()
-                self._spec = InputSpec(
-                    tuple(meta["input_size"]), meta["interpolation"], meta["version"]
-                )
+                self._spec = InputSpec(tuple(meta["input_size"]), meta["interpolation"])
         return self._spec
 
     async def _describe(self) -> dict[str, Any]:

@@ -14,7 +14,7 @@ from train_job.synthetic import generate
 def test_served_pixels_equal_training_eval_pixels(tmp_path):
     generate(tmp_path, 12, seed=3)
     size = (72, 56)
-    spec = InputSpec(size, INTERPOLATION, "v")
+    spec = InputSpec(size, INTERPOLATION)
     for path in sorted((tmp_path / "img_align_celeba").glob("*.jpg"))[:4]:
         served = decode_image(path.read_bytes(), spec, max_pixels=10**7)  # (3, H, W) uint8
         with Image.open(path) as img:

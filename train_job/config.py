@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from train_job.backbones import BACKBONES
 
@@ -34,7 +34,6 @@ class TrainConfig:
     precision: str = "32-true"
     max_failures: int = 2
     seed: int = 0
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         problems = []
