@@ -30,6 +30,18 @@ class AppArgs(BaseModel):
         default=None, ge=1, le=256, description="intra-op threads; default: the replica's num_cpus"
     )
 
+    model_calls_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="calls the ingress keeps open to the model deployment; images decoded while "
+        "all are busy leave together in the next call",
+    )
+    images_per_model_call: int = Field(default=32, ge=1, le=1024, description="images per call")
+    max_waiting_images: int = Field(
+        default=128, ge=1, description="images waiting for a model call above which: 503"
+    )
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)

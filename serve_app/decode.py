@@ -1,4 +1,4 @@
-"""Stage 1 of the pipeline (decode -> predict -> encode): untrusted bytes -> uint8 CHW tensor.
+"""Stage 1 of the pipeline (decode -> predict -> encode): untrusted bytes -> uint8 CHW array.
 
 Every failure is an ApiError (a 4xx), never a crash: nothing here may take a replica down.
 """
@@ -10,7 +10,6 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model_store.preprocess import resize_for_model
@@ -29,8 +28,8 @@ class InputSpec:
     interpolation: str
 
 
-def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> torch.Tensor:
-    """Image file bytes -> (3, H, W) uint8 tensor at the model's input size."""
+def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+    """Image file bytes -> (3, H, W) uint8 array at the model's input size."""
     if not data:
         raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
     with warnings.catch_warnings():
@@ -50,7 +49,7 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> torch.Tensor:
             # Truncated or corrupted files surface as OSError, SyntaxError, ValueError,
             # EOFError, IndexError... inside Pillow's decoders: all are the client's bad bytes.
             raise ApiError(400, "undecodable_image", f"the image could not be decoded: {e}") from e
-    return _to_chw_tensor(image)
+    return _to_chw(image)
 
 
 def _open_and_load(data: bytes, spec: InputSpec, max_pixels: int) -> Image.Image:
@@ -86,7 +85,6 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def _to_chw_tensor(image: Image.Image) -> torch.Tensor:
-    hwc = np.asarray(image, dtype=np.uint8)  # (H, W, 3)
-    # A CHW view of HWC memory: exactly channels_last, which the model prefers on CPU.
-    return torch.from_numpy(hwc.copy()).permute(2, 0, 1)
+def _to_chw(image: Image.Image) -> np.ndarray:
+    # (H, W, 3) -> a (3, H, W) view; np.stack copies it into the model call's batch.
+    return np.asarray(image, dtype=np.uint8).transpose(2, 0, 1)

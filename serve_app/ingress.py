@@ -13,19 +13,19 @@ from collections.abc import Awaitable, Callable
 from importlib import resources
 from typing import Any
 
+import numpy as np
 import ray
-import torch
 from ray import serve
-from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from serve_app.config import AppArgs
 from serve_app.decode import InputSpec, decode_image
-from serve_app.errors import ApiError, model_unavailable, overloaded
+from serve_app.errors import ApiError, model_unavailable
 from serve_app.face_attribute_model import Prediction
 from serve_app.metrics import IngressMetrics
+from serve_app.model_client import InputSizeChanged, ModelClient
 from serve_app.multipart import parse_multipart
 from serve_app.openapi import openapi_spec
 
@@ -55,6 +55,12 @@ class Ingress:
     def __init__(self, model: DeploymentHandle, args: dict[str, Any] | None = None):
         self._args = AppArgs.model_validate(args or {})
         self._model = model
+        self._client = ModelClient(
+            model,
+            images_per_call=self._args.images_per_model_call,
+            calls_in_flight=self._args.model_calls_in_flight,
+            max_waiting_images=self._args.max_waiting_images,
+        )
         self._spec: InputSpec | None = None
         self._spec_lock = asyncio.Lock()
         self._metrics = IngressMetrics()
@@ -113,32 +119,18 @@ class Ingress:
     async def _predict_with_current_spec(self, image: bytes) -> Prediction:
         for attempt in range(2):
             spec = await self._input_spec(refresh=attempt > 0)
-            tensor = await self._decode(image, spec)
-            prediction = await self._call_model(tensor)
-            if prediction.error != "input_size_mismatch":
-                return prediction
-            # A new model version with another input size landed: follow it, once.
+            pixels = await self._decode(image, spec)
+            try:
+                return await self._client.predict(pixels)
+            except InputSizeChanged:
+                pass  # a new model version with another input size landed: follow it, once
         raise model_unavailable("the model changed its input size twice during this request")
 
-    async def _decode(self, image: bytes, spec: InputSpec) -> torch.Tensor:
+    async def _decode(self, image: bytes, spec: InputSpec) -> np.ndarray:
         start = time.perf_counter()
-        tensor = await asyncio.to_thread(decode_image, image, spec, self._args.max_image_pixels)
+        pixels = await asyncio.to_thread(decode_image, image, spec, self._args.max_image_pixels)
         self._metrics.decode_seconds.observe(time.perf_counter() - start)
-        return tensor
-
-    async def _call_model(self, tensor: torch.Tensor) -> Prediction:
-        try:
-            return await self._model.predict.remote(tensor)
-        except BackPressureError as e:
-            raise overloaded() from e
-        except DeploymentUnavailableError as e:
-            raise model_unavailable(f"the model deployment is unavailable: {e}") from e
-        except ray.exceptions.ActorDiedError as e:
-            raise model_unavailable("the model replica restarted; retry") from e
-        except ray.exceptions.RayTaskError as e:
-            if "no model loaded" in str(e):
-                raise model_unavailable("no model is loaded yet") from e
-            raise
+        return pixels  # (3, H, W) uint8
 
     async def _input_spec(self, refresh: bool = False) -> InputSpec:
         if self._spec is not None and not refresh:

@@ -10,12 +10,11 @@ GPU_OVERRIDES = frozenset(
     {
         "args.device",
         "args.fp16",
+        "args.images_per_model_call",
         "FaceAttributeModel.ray_actor_options.num_gpus",
-        "FaceAttributeModel.max_ongoing_requests",
-        "FaceAttributeModel.max_queued_requests",
         "FaceAttributeModel.autoscaling_config.max_replicas",
-        "FaceAttributeModel.autoscaling_config.target_ongoing_requests",
         "FaceAttributeModel.user_config.max_batch_size",
+        "FaceAttributeModel.user_config.batch_wait_timeout_s",
     }
 )
 

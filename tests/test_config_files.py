@@ -32,12 +32,17 @@ def test_model_settings_are_consistent(name):
     app = load(name)["applications"][0]
     model = deployment(app, "FaceAttributeModel")
     user = ModelConfig.model_validate(model["user_config"])
-    # Autoscale when batches fill; let the next batch form while one runs; bounded queue.
-    assert model["autoscaling_config"]["target_ongoing_requests"] == user.max_batch_size
-    assert model["max_ongoing_requests"] >= 2 * user.max_batch_size
-    assert 0 < model["max_queued_requests"] < 10_000
+    args = AppArgs.model_validate(app["args"])
     ingress = deployment(app, "Ingress")
+    # The model's requests are the ingress's batched calls: it must admit every open call of
+    # every ingress replica, and scale up before a saturated ingress keeps all its calls open.
+    most_calls = args.model_calls_in_flight * ingress["autoscaling_config"]["max_replicas"]
+    assert model["max_ongoing_requests"] >= most_calls
+    assert model["autoscaling_config"]["target_ongoing_requests"] < args.model_calls_in_flight
+    assert args.images_per_model_call >= user.max_batch_size  # one call can fill a forward
+    assert 0 < model["max_queued_requests"] < 10_000
     assert 0 < ingress["max_queued_requests"] < 10_000
+    assert args.max_waiting_images < 10_000
 
 
 def test_local_config_is_safe_by_default():

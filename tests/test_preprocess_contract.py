@@ -16,7 +16,7 @@ def test_served_pixels_equal_training_eval_pixels(tmp_path):
     size = (72, 56)
     spec = InputSpec(size, INTERPOLATION)
     for path in sorted((tmp_path / "img_align_celeba").glob("*.jpg"))[:4]:
-        served = decode_image(path.read_bytes(), spec, max_pixels=10**7)  # (3, H, W) uint8
+        served = torch.from_numpy(decode_image(path.read_bytes(), spec, max_pixels=10**7).copy())
         with Image.open(path) as img:
             trained = eval_transform(size, IMAGENET_MEAN, IMAGENET_STD)(img.convert("RGB"))
         # Undo only the normalisation of the training transform: the pixels must be identical.

@@ -12,8 +12,11 @@ from tests.reliability.helpers import LoadGenerator, percentile, replica_pids, r
 
 def test_overload_sheds_fast_and_accepted_requests_succeed(served, figures):
     config = served.base_config(max_batch_size=4, batch_wait_timeout_s=0.01)
+    # Two bounded queues shed load: images waiting in the ingress for a model call, and calls
+    # waiting at the model deployment.
+    config["applications"][0]["args"]["max_waiting_images"] = 8
     model = deployment(config["applications"][0], "FaceAttributeModel")
-    model.update(max_ongoing_requests=8, max_queued_requests=8)
+    model.update(max_ongoing_requests=2, max_queued_requests=1)
     served.deploy(config)
     try:
         pids = replica_pids(served)
