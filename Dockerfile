@@ -11,6 +11,8 @@ FROM rayproject/ray:${RAY_VERSION}-${RAY_IMAGE_VARIANT}
 # Optional: a PyTorch wheel index (e.g. PyTorch's CPU-only index keeps the CPU image small).
 ARG TORCH_INDEX_URL=""
 ENV PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token
+# Ray Serve's fast path: the values of serve.env (a test keeps them equal).
+ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1
 WORKDIR /home/ray/app
 
 # Dependencies first, in their own layer: code changes do not reinstall torch.

@@ -4,6 +4,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export RAY_AUTH_MODE ?= token
+# Ray Serve's fast path (serve.env); `make serve SERVE_ENV=` runs without it.
+SERVE_ENV ?= $(shell sed -e '/^ *\#/d' -e '/^ *$$/d' serve.env)
 
 DEMO_DATA ?= data/synthetic
 DEMO_IMAGES ?= 3000
@@ -54,7 +56,7 @@ serve: install
 	@echo "  Dashboard   http://127.0.0.1:8265  (Serve tab: replicas and autoscaling)"
 	@echo "  Ctrl-C stops everything."
 	@echo ""
-	$(BIN)/serve run config.yaml
+	env $(SERVE_ENV) $(BIN)/serve run config.yaml
 
 demo: train serve
 

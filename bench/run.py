@@ -34,6 +34,12 @@ RESULTS = ROOT / "bench" / "results"
 PY = sys.executable
 
 
+def shipped_env() -> dict[str, str]:
+    """serve.env: the environment the project runs Serve with (make serve, the image)."""
+    lines = (ROOT / "serve.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -121,12 +127,17 @@ def run_serve(
     with tempfile.TemporaryDirectory() as tmp:
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(yaml.safe_dump(serve_config(model_uri, port, overrides)))
+        log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115 (closed with the directory)
         proc = subprocess.Popen(
             [str(Path(PY).with_name("serve")), "run", str(cfg)], cwd=ROOT, start_new_session=True,
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, **env},
+            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
         )  # fmt: skip
         try:
-            wait_ready(f"http://127.0.0.1:{port}/readyz", 180, proc)
+            try:
+                wait_ready(f"http://127.0.0.1:{port}/readyz", 180, proc)
+            except (RuntimeError, TimeoutError):
+                print((Path(tmp) / "serve.log").read_text()[-3000:], file=sys.stderr)
+                raise
             url = f"http://127.0.0.1:{port}/classify"
             rows = load(url, images["celeba"], levels, seconds)
             print("    1920x1080 photo:", flush=True)
@@ -294,14 +305,14 @@ def main() -> None:
     parser.add_argument("--baseline-threads", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE",
                         help="override config.yaml for the Serve run, e.g. args.torch_threads=2")  # fmt: skip
-    parser.add_argument(
-        "--env", action="append", default=[], metavar="NAME=VALUE", help="environment for serve run"
-    )
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
+                        help="environment for serve run, over serve.env's (NAME= unsets one)")  # fmt: skip
     parser.add_argument("--tag", default="latest")
     parser.add_argument("--no-baseline", action="store_true", help="measure Serve only (A/B runs)")
     args = parser.parse_args()
     overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    env = dict(s.split("=", 1) for s in args.env)
+    env = {**shipped_env(), **dict(s.split("=", 1) for s in args.env)}
+    env = {k: v for k, v in env.items() if v}
     RESULTS.mkdir(parents=True, exist_ok=True)
     results = {
         "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),

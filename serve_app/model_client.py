@@ -77,7 +77,8 @@ class ModelClient:
             raise overloaded() from e
         except DeploymentUnavailableError as e:
             raise model_unavailable(f"the model deployment is unavailable: {e}") from e
-        except ray.exceptions.ActorDiedError as e:
+        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
+            # ActorUnavailableError: the gRPC transport's word for a replica that went away.
             raise model_unavailable("the model replica restarted; retry") from e
         except ray.exceptions.RayTaskError as e:
             if "no model loaded" in str(e):

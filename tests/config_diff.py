@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 # Every key where a GPU variant (config.gpu.yaml, kuberay/rayservice.yaml) may differ from
@@ -48,3 +49,9 @@ def flatten_app(app: dict[str, Any]) -> dict[str, Any]:
 def differing_keys(a: dict[str, Any], b: dict[str, Any]) -> set[str]:
     fa, fb = flatten_app(a), flatten_app(b)
     return {k for k in fa.keys() | fb.keys() if fa.get(k, object()) != fb.get(k, object())}
+
+
+def serve_env() -> dict[str, str]:
+    """serve.env: the environment Ray starts with wherever the project runs Serve."""
+    lines = (Path(__file__).resolve().parents[1] / "serve.env").read_text().splitlines()
+    return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))

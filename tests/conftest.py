@@ -9,12 +9,16 @@ from __future__ import annotations
 import os
 import sys
 
+from tests.config_diff import serve_env
+
 # `ray job submit -- python ...` runs `python` from the cluster's PATH: make it this venv's.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
 # Ray 2.60 turns token authentication on by default; clients (CLI, SDK) need this to use it.
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+# The tests run Serve the way the project ships it (serve.env): HAProxy, direct ingress.
+os.environ.update({**serve_env(), **os.environ})
 
 import pytest
 

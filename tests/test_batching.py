@@ -6,22 +6,22 @@ import asyncio
 
 import pytest
 
-from serve_app.batching import BatchWhenFree
+from serve_app.batching import BatchWhenFree, QueueFull
 
 
 class SlowModel:
     """Doubles its inputs; each batch takes `seconds`; records the batches it saw."""
 
-    def __init__(self, seconds: float = 0.05, fail_on: int | None = None):
-        self.seconds, self.fail_on = seconds, fail_on
-        self.batches: list[list[int]] = []
+    def __init__(self, seconds: float = 0.05, fail_on: int | None = None, result=lambda i: 2 * i):
+        self.seconds, self.fail_on, self.result = seconds, fail_on, result
+        self.batches: list[list] = []
 
-    async def __call__(self, items: list[int]) -> list[int]:
+    async def __call__(self, items: list) -> list:
         self.batches.append(list(items))
         await asyncio.sleep(self.seconds)
         if self.fail_on in items:
             raise ValueError(f"bad item {self.fail_on}")
-        return [2 * i for i in items]
+        return [self.result(i) for i in items]
 
 
 def test_requests_arriving_during_a_forward_ride_together_in_the_next_batch():
@@ -100,3 +100,49 @@ def test_cancelled_callers_are_dropped_before_their_batch_runs():
 def test_settings_are_checked():
     with pytest.raises(ValueError, match="max_batch_size"):
         BatchWhenFree(SlowModel(), max_batch_size=0, batch_wait_timeout_s=0.0)
+
+
+def test_size_of_counts_images_per_call_and_an_oversized_call_runs_alone():
+    async def scenario():
+        model = SlowModel(seconds=0.05, result=len)
+        batcher = BatchWhenFree(model, max_batch_size=4, batch_wait_timeout_s=0.0, size_of=len)
+        first = asyncio.create_task(batcher.submit([0]))
+        await asyncio.sleep(0.01)
+        calls = [[1, 2], [3], [4, 5], [6, 7, 8, 9, 10]]
+        results = await asyncio.gather(first, *(batcher.submit(c) for c in calls))
+        return [[len(call) for call in batch] for batch in model.batches], results
+
+    batches, results = asyncio.run(scenario())
+    # [1, 2] + [3] fill 3 of 4; [4, 5] would make 5: next batch; the 5-image call runs alone.
+    assert batches == [[1], [2, 1], [2], [5]]
+    assert results == [1, 2, 1, 2, 5]
+
+
+def test_concurrent_batches_overlap_up_to_the_limit():
+    async def scenario(slots: int):
+        model = SlowModel(seconds=0.1)
+        batcher = BatchWhenFree(
+            model, max_batch_size=1, batch_wait_timeout_s=0.0, max_concurrent_batches=slots
+        )
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        await asyncio.gather(*(batcher.submit(i) for i in range(4)))
+        return loop.time() - start
+
+    assert asyncio.run(scenario(1)) >= 0.4
+    assert asyncio.run(scenario(4)) < 0.3
+
+
+def test_a_full_queue_refuses_at_once():
+    async def scenario():
+        model = SlowModel(seconds=0.1)
+        batcher = BatchWhenFree(model, max_batch_size=1, batch_wait_timeout_s=0.0, max_queued=2)
+        running = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.01)  # 0 is running; the queue holds 1 and 2
+        queued = [asyncio.create_task(batcher.submit(i)) for i in (1, 2)]
+        await asyncio.sleep(0)
+        with pytest.raises(QueueFull):
+            await batcher.submit(3)
+        return await asyncio.gather(running, *queued)
+
+    assert asyncio.run(scenario()) == [0, 2, 4]

@@ -14,7 +14,12 @@ import pytest
 import ray
 import yaml
 
-from tests.config_diff import KUBERAY_HTTP_OVERRIDES, KUBERAY_OVERRIDES, differing_keys
+from tests.config_diff import (
+    KUBERAY_HTTP_OVERRIDES,
+    KUBERAY_OVERRIDES,
+    differing_keys,
+    serve_env,
+)
 from tests.harness import ROOT
 
 pytestmark = pytest.mark.deploy
@@ -259,3 +264,23 @@ def test_dockerfile_runs_as_non_root_without_secrets():
     )
     assert not re.search(r"(?i)(password|secret|aws_access|_key=)", instructions)
     assert re.search(r"^FROM rayproject/ray:\$\{RAY_VERSION\}-", text, re.M)
+
+
+def test_serve_env_is_the_same_everywhere():
+    """serve.env's values reach every place Ray starts: image, cluster launcher, RayService."""
+    env = serve_env()
+    assert env, "serve.env is empty"
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
+    makefile = (ROOT / "Makefile").read_text()
+    assert "env $(SERVE_ENV) $(BIN)/serve run config.yaml" in makefile
+    for name, value in env.items():
+        assert re.search(rf"^ENV .*\b{name}={value}\b", dockerfile, re.M), name
+        assert f"--env {name}={value}" in cluster["docker"]["run_options"], name
+    service = manifest("RayService")
+    spec = cluster_spec(service)
+    groups = [spec["headGroupSpec"], *spec["workerGroupSpecs"]]
+    for group in groups:
+        for container in group["template"]["spec"]["containers"]:
+            found = {e["name"]: e["value"] for e in container.get("env", [])}
+            assert {k: found.get(k) for k in env} == env, container["name"]
