@@ -112,6 +112,7 @@ async def run(url: str, image: bytes, concurrency: int, seconds: float, warmup: 
         "p95_ms": pct(0.95),
         "p99_ms": pct(0.99),
         "errors": sum(v for k, v in statuses.items() if k != 200),
+        "statuses": {str(k): v for k, v in sorted(statuses.items())},  # 599: connection error
         "cpu_percent": round(100 * (busy1 - busy0) / max(1e-9, total1 - total0), 1),
     }
 

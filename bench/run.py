@@ -94,7 +94,7 @@ def load(url: str, image: Path, levels: list[int], seconds: float) -> list[dict]
         )  # fmt: skip
         row = json.loads(out.stdout.strip().splitlines()[-1])
         print(
-            f"    c={c:<3} {row['throughput_rps']:>7} req/s  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']}  cpu {row['cpu_percent']}%",
+            f"    c={c:<3} {row['throughput_rps']:>7} req/s  p50 {row['p50_ms']:>7} ms  p99 {row['p99_ms']:>7} ms  errors {row['errors']} {row['statuses'] if row['errors'] else ''} cpu {row['cpu_percent']}%",
             flush=True,
         )
         rows.append(row)

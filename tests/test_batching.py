@@ -146,3 +146,16 @@ def test_a_full_queue_refuses_at_once():
         return await asyncio.gather(running, *queued)
 
     assert asyncio.run(scenario()) == [0, 2, 4]
+
+
+def test_model_calls_stay_under_the_grpc_message_limit():
+    import numpy as np
+
+    from serve_app.model_client import MAX_CALL_BYTES, transport_chunks
+
+    batch = np.zeros((32, 3, 224, 224), dtype=np.uint8)  # 4.8 MB: over gRPC's 4 MiB default
+    chunks = transport_chunks(batch)
+    assert all(c.nbytes <= MAX_CALL_BYTES < 4 * 1024 * 1024 for c in chunks)
+    assert sum(len(c) for c in chunks) == 32 and len(chunks) == 2
+    huge = np.zeros((2, 3, 2000, 2000), dtype=np.uint8)  # one image alone over the limit
+    assert [len(c) for c in transport_chunks(huge)] == [1, 1]

@@ -240,6 +240,39 @@ def test_batch_settings_change_at_runtime(served):
     assert max(sizes) <= 4 and max(sizes) > 1, sizes
 
 
+def test_large_inputs_batched_across_requests_fit_the_transport(served, tmp_path):
+    """32 decoded images at 224x224 are 4.8 MB, over the 4 MiB message limit of Serve's gRPC
+    transport between replicas: the ingress splits its calls and every image gets its answer."""
+    from tests.artifacts import write_tiny_artifact
+    from tests.harness import deployment
+
+    write_tiny_artifact(str(tmp_path), version="big", input_size=(224, 224))
+    config = served.base_config()
+    app = config["applications"][0]
+    app["args"]["model_calls_in_flight"] = 1  # everything decoded meanwhile joins the next call
+    model = deployment(app, "FaceAttributeModel")
+    model["user_config"]["model_uri"] = str(tmp_path / "face-attributes" / "big")
+    served.deploy(config)
+    try:
+        files = [
+            ("image", (f"{i}.png", images.solid(size=(178, 218)), "image/png")) for i in range(16)
+        ]
+
+        def post(_):
+            with httpx.Client(base_url=served.url, timeout=60) as c:
+                return c.post("/classify/batch", files=files)
+
+        with cf.ThreadPoolExecutor(4) as pool:
+            responses = list(pool.map(post, range(4)))
+        assert [r.status_code for r in responses] == [200] * 4, responses[0].text
+        results = [res for r in responses for res in r.json()["results"]]
+        assert len(results) == 64 and all(len(res["probabilities"]) == 40 for res in results)
+        sizes = {int(k) for k in served.metadata()["serving"]["batch_sizes"]}
+        assert max(sizes) > 1, sizes
+    finally:
+        served.deploy(served.base_config())
+
+
 # ---- model swaps ------------------------------------------------------------------------------
 
 
