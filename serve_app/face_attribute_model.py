@@ -65,7 +65,7 @@ class Predictions:
     labels: tuple[str, ...]
     threshold: float
     probabilities: np.ndarray | None  # (N, num_labels) float32; None with an error
-    batch_size: int  # images in the forward pass these rode in
+    batch_size: int  # images merged into the forward pass(es) these rode in
     error: str | None = None  # "input_size_mismatch" when the caller's input spec is stale
 
     def row(self, i: int) -> Prediction:
