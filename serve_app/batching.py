@@ -78,11 +78,6 @@ class BatchWhenFree(Generic[T, R]):
         self.max_batch_size = max_batch_size
         self.batch_wait_timeout_s = batch_wait_timeout_s
 
-    @property
-    def queued(self) -> int:
-        """Size (see size_of) of what waits for a batch."""
-        return self._queued_size
-
     async def submit(self, item: T) -> R:
         size = self._size_of(item)
         if self.max_queued is not None and self._queued_size + size > self.max_queued:

@@ -53,7 +53,6 @@ class Prediction:
     labels: tuple[str, ...]
     threshold: float
     probabilities: np.ndarray  # (num_labels,) float32
-    batch_size: int  # images in the forward pass this one rode in (observability)
 
 
 @dataclass(frozen=True)
@@ -65,14 +64,12 @@ class Predictions:
     labels: tuple[str, ...]
     threshold: float
     probabilities: np.ndarray | None  # (N, num_labels) float32; None with an error
-    batch_size: int  # images merged into the forward pass(es) these rode in
     error: str | None = None  # "input_size_mismatch" when the caller's input spec is stale
 
     def row(self, i: int) -> Prediction:
         return Prediction(
-            self.name, self.version, self.labels, self.threshold, self.probabilities[i],
-            self.batch_size,
-        )  # fmt: skip
+            self.name, self.version, self.labels, self.threshold, self.probabilities[i]
+        )
 
 
 def choose_device(requested: str) -> torch.device:
@@ -92,7 +89,11 @@ def replica_cpu_share() -> int:
     return max(1, int(cpus))
 
 
-def load_model(model_uri: str, device: torch.device, fp16: bool) -> LoadedModel:
+def load_model(
+    model_uri: str, device: torch.device, fp16: bool, warm_up: bool = True
+) -> LoadedModel:
+    """warm_up=False leaves the warm-up (and its output-shape check) to the caller, to run on
+    the thread that will serve the model."""
     artifact = load_artifact(model_uri)
     meta = artifact.metadata
     try:
@@ -115,7 +116,8 @@ def load_model(model_uri: str, device: torch.device, fp16: bool) -> LoadedModel:
     mean = torch.tensor(meta.mean, device=device, dtype=dtype).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(meta.std, device=device, dtype=dtype).view(1, 3, 1, 1) * 255.0
     loaded = LoadedModel(artifact.uri, meta, module, mean, std, dtype)
-    _warm_up(loaded, device)
+    if warm_up:
+        _warm_up(loaded, device)
     return loaded
 
 
@@ -197,8 +199,11 @@ class FaceAttributeModel:
             version_uri = await asyncio.to_thread(resolve_model_uri, model_uri)
             if self._model is not None and version_uri == self._model.uri:
                 return
-            loaded = await asyncio.to_thread(load_model, version_uri, self._device, self._fp16)
-            # Warm the inference thread's own OpenMP team too, before traffic meets it.
+            loaded = await asyncio.to_thread(
+                load_model, version_uri, self._device, self._fp16, warm_up=False
+            )
+            # Warm up (and check the output shape) on the inference thread, so its own OpenMP
+            # team is ready before traffic meets it.
             await asyncio.get_running_loop().run_in_executor(
                 self._inference_thread, _warm_up, loaded, self._device
             )
@@ -257,7 +262,7 @@ class FaceAttributeModel:
             raise RuntimeError("no model loaded")
         expected = (3, *model.metadata.input_size)
         good = [i for i, c in enumerate(calls) if c.ndim == 4 and c.shape[1:] == expected]
-        results = [self._result(model, None, 0, "input_size_mismatch")] * len(calls)
+        results = [self._result(model, None, "input_size_mismatch")] * len(calls)
         if good:
             # (N, 3, H, W) uint8; concatenate copies, so the tensor owns writable memory.
             images = torch.from_numpy(np.concatenate([calls[i] for i in good]))
@@ -265,7 +270,7 @@ class FaceAttributeModel:
             start = 0
             for i in good:
                 n = len(calls[i])
-                results[i] = self._result(model, probs[start : start + n], len(images))
+                results[i] = self._result(model, probs[start : start + n])
                 start += n
         return results
 
@@ -285,9 +290,9 @@ class FaceAttributeModel:
 
     @staticmethod
     def _result(
-        model: LoadedModel, probs: np.ndarray | None, batch_size: int, error: str | None = None
+        model: LoadedModel, probs: np.ndarray | None, error: str | None = None
     ) -> Predictions:
         meta = model.metadata
         return Predictions(
-            meta.name, meta.version, tuple(meta.labels), meta.threshold, probs, batch_size, error
+            meta.name, meta.version, tuple(meta.labels), meta.threshold, probs, error
         )
