@@ -9,7 +9,22 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FORMAT = "face-attributes/torchscript"
-FORMAT_VERSION = 1
+# 2: model.pt is traced but not frozen (weights are parameters, so serving can cast them to
+# float16/bfloat16 and then freeze), and ``digest`` covers model.pt and all of metadata.json.
+# 1: model.pt was frozen and only model.pt was checksummed. Loaders refuse any other version.
+FORMAT_VERSION = 2
+SHA256_HEX = r"^[0-9a-f]{64}$"
+
+
+class ArtifactSignature(BaseModel):
+    """An ed25519 signature over the artifact's ``digest`` (see model_store.signing)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    algorithm: Literal["ed25519"] = "ed25519"
+    # sha256 of the signer's raw 32-byte public key: names the key in error messages.
+    public_key_sha256: str = Field(pattern=SHA256_HEX)
+    value: str = Field(min_length=1)  # base64 of the 64-byte signature
 
 
 class ArtifactMetadata(BaseModel):
@@ -30,7 +45,12 @@ class ArtifactMetadata(BaseModel):
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
     # What the TorchScript module returns for a (N, 3, H, W) float batch: (N, len(labels)).
     output_kind: Literal["probabilities", "logits"]
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    sha256: str = Field(pattern=SHA256_HEX)  # of model.pt's bytes
+    # sha256 over model.pt's sha256 and the canonical JSON of every other field (see
+    # model_store.integrity). None only while save_artifact is building the metadata;
+    # load_artifact refuses an artifact without one.
+    digest: str | None = Field(default=None, pattern=SHA256_HEX)
+    signature: ArtifactSignature | None = None  # optional; not part of the digest
     backbone: str | None = None
     created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
     metrics: dict[str, Any] = Field(default_factory=dict)
