@@ -41,8 +41,9 @@ def _pem_bytes(key: str | bytes, what: str) -> bytes:
 def load_private_key(key: str | bytes | Ed25519PrivateKey) -> Ed25519PrivateKey:
     if isinstance(key, Ed25519PrivateKey):
         return key
+    pem = _pem_bytes(key, "signing key")
     try:
-        loaded = serialization.load_pem_private_key(_pem_bytes(key, "signing key"), password=None)
+        loaded = serialization.load_pem_private_key(pem, password=None)
     except (ValueError, TypeError) as e:
         raise KeyFileError(f"signing key is not an unencrypted PEM private key: {e}") from e
     if not isinstance(loaded, Ed25519PrivateKey):
@@ -53,8 +54,9 @@ def load_private_key(key: str | bytes | Ed25519PrivateKey) -> Ed25519PrivateKey:
 def load_public_key(key: str | bytes | Ed25519PublicKey) -> Ed25519PublicKey:
     if isinstance(key, Ed25519PublicKey):
         return key
+    pem = _pem_bytes(key, "public key")
     try:
-        loaded = serialization.load_pem_public_key(_pem_bytes(key, "public key"))
+        loaded = serialization.load_pem_public_key(pem)
     except (ValueError, TypeError) as e:
         raise KeyFileError(f"public key is not a PEM public key: {e}") from e
     if not isinstance(loaded, Ed25519PublicKey):

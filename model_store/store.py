@@ -312,8 +312,22 @@ def _write_latest(fs: fsspec.AbstractFileSystem, model_dir: str, version: str) -
     fs.mv(tmp, pointer)  # a rename on local disks: readers see the old or the new pointer
 
 
+def _integrity(fs: fsspec.AbstractFileSystem, version_dir: str) -> str:
+    """ "ok" when load_artifact would accept the version (reads model.pt), else its reason."""
+    try:
+        load_artifact(fs.unstrip_protocol(version_dir))
+    except ArtifactError as e:
+        return str(e).split(". ")[0]
+    except Exception as e:  # a listing must not fail on one unreadable version
+        return f"unreadable: {e}"
+    return "ok"
+
+
 def list_versions(store_uri: str) -> list[dict[str, Any]]:
-    """Every artifact in the store, newest first per model, for ``python -m train_job.models list``."""
+    """Every artifact in the store, newest first per model, for ``python -m train_job.models list``.
+
+    Each row's ``integrity`` is "ok" or why load_artifact refuses that version (digest
+    mismatch, old format_version, ...); computing it reads every model.pt once."""
     fs, store_path = _filesystem(store_uri)
     if not fs.exists(store_path):
         return []
@@ -347,6 +361,7 @@ def list_versions(store_uri: str) -> list[dict[str, Any]]:
                     "size_bytes": size,
                     "created_at": meta.get("created_at"),
                     "path": version_dir,
+                    "integrity": _integrity(fs, version_dir),
                 }
             )
     return rows

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from model_store import LoadedArtifact, export_frozen_torchscript, save_artifact
+from model_store import LoadedArtifact, export_torchscript, save_artifact
 
 CELEBA_LABELS = (
     "5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips Big_Nose "
@@ -44,12 +44,14 @@ def write_tiny_artifact(
     input_size: tuple[int, int] = (64, 64),
     version: str | None = None,
     output_kind: str = "logits",
+    signing_key: str | None = None,
+    interpolation: str = "bilinear",
 ) -> LoadedArtifact:
     model = TinyNet(len(CELEBA_LABELS))
     if output_kind == "probabilities":
         model = nn.Sequential(model, nn.Sigmoid())
     example = torch.randn(2, 3, *input_size)
-    data = export_frozen_torchscript(model, example)
+    data = export_torchscript(model, example)
     return save_artifact(
         store,
         name,
@@ -57,6 +59,7 @@ def write_tiny_artifact(
         {
             "labels": list(CELEBA_LABELS),
             "input_size": list(input_size),
+            "interpolation": interpolation,
             "mean": [0.5, 0.5, 0.5],
             "std": [0.25, 0.25, 0.25],
             "threshold": 0.5,
@@ -65,4 +68,5 @@ def write_tiny_artifact(
             "metrics": {"val_auroc": 0.5},
         },
         version=version,
+        signing_key=signing_key,
     )

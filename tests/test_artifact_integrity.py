@@ -11,6 +11,7 @@ import json
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import fsspec.implementations.local
@@ -159,27 +160,17 @@ for i in range(count):
 def test_two_processes_exporting_one_version_name_never_share_a_directory(tmp_path):
     """No forcing: two real processes save 10 artifacts each under the same version name at the
     same moment. Every save must land in its own directory and load."""
-    import time
-
     model_file = tmp_path / "model.pt"
     model_file.write_bytes(write_tiny_artifact(str(tmp_path / "scratch")).model_bytes)
     store, count, start = tmp_path / "store", 10, time.time() + 8  # after both import torch
+    args = [str(store), "", str(start), str(count), str(model_file)]
     procs = [
         subprocess.Popen(
-            [
-                sys.executable,
-                "-c",
-                SAVE_MANY,
-                str(store),
-                who,
-                str(start),
-                str(count),
-                str(model_file),
-            ],
+            [sys.executable, "-c", SAVE_MANY, *args[:1], who, *args[2:]],
             cwd=ROOT,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for who in ("a", "b")
     ]
     for p in procs:
@@ -192,3 +183,113 @@ def test_two_processes_exporting_one_version_name_never_share_a_directory(tmp_pa
         for a in (load_artifact(str(store / "face-attributes" / v)) for v in versions)
     }
     assert len(writers) == 2 * count
+
+
+# --- optional ed25519 signature ---------------------------------------------------------------
+
+
+def _generate_keys(directory: Path, name: str) -> tuple[Path, Path]:
+    """Through the real CLI, as an operator would."""
+    private, public = directory / f"{name}.key", directory / f"{name}.pub"
+    subprocess.run(
+        [sys.executable, "-m", "model_store.keys", "generate",
+         "--private-key", str(private), "--public-key", str(public)],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    return private, public
+
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory) -> dict[str, tuple[Path, Path]]:
+    directory = tmp_path_factory.mktemp("keys")
+    return {name: _generate_keys(directory, name) for name in ("ours", "theirs")}
+
+
+def test_keys_cli_writes_pem_with_a_private_private_key(keys, tmp_path):
+    private, public = keys["ours"]
+    assert private.stat().st_mode & 0o777 == 0o600
+    assert private.read_text().startswith("-----BEGIN PRIVATE KEY-----")
+    assert public.read_text().startswith("-----BEGIN PUBLIC KEY-----")
+    again = subprocess.run(
+        [sys.executable, "-m", "model_store.keys", "generate",
+         "--private-key", str(private), "--public-key", str(tmp_path / "new.pub")],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_signed_artifact_verifies_with_its_public_key(keys, tmp_path):
+    private, public = keys["ours"]
+    art = write_tiny_artifact(str(tmp_path), version="s", signing_key=str(private))
+    assert art.metadata.signature is not None
+    by_path = load_artifact(art.uri, trusted_public_key=str(public))
+    by_pem_text = load_artifact(art.uri, trusted_public_key=public.read_text())
+    assert by_path.metadata == by_pem_text.metadata == art.metadata
+    assert load_artifact(art.uri).metadata.version == "s"  # no key given: not required
+
+
+def test_unsigned_artifact_refused_when_a_key_is_required(keys, tmp_path):
+    art = write_tiny_artifact(str(tmp_path), version="u")
+    with pytest.raises(ArtifactError, match="not signed"):
+        load_artifact(art.uri, trusted_public_key=str(keys["ours"][1]))
+
+
+def test_signature_by_another_key_refused(keys, tmp_path):
+    art = write_tiny_artifact(str(tmp_path), version="t", signing_key=str(keys["theirs"][0]))
+    with pytest.raises(ArtifactError, match="not by the trusted key"):
+        load_artifact(art.uri, trusted_public_key=str(keys["ours"][1]))
+
+
+def test_signature_copied_from_another_artifact_refused(keys, tmp_path):
+    """Same key id, wrong signature bytes: the signature itself must be checked."""
+    private, public = keys["ours"]
+    write_tiny_artifact(str(tmp_path), version="a", signing_key=str(private))
+    other = write_tiny_artifact(str(tmp_path), version="b", signing_key=str(private))
+    signature_a = json.loads(_metadata_path(tmp_path, "a").read_text())["signature"]
+    _edit_metadata(tmp_path, "b", lambda meta: meta.update(signature=signature_a))
+    with pytest.raises(ArtifactError, match="does not verify"):
+        load_artifact(other.uri, trusted_public_key=str(public))
+
+
+def test_tampered_metadata_refused_even_though_signed(keys, tmp_path):
+    private, public = keys["ours"]
+    art = write_tiny_artifact(str(tmp_path), version="s", signing_key=str(private))
+    _edit_metadata(tmp_path, "s", lambda meta: meta.update(threshold=0.2))
+    with pytest.raises(ArtifactError, match="digest mismatch"):
+        load_artifact(art.uri, trusted_public_key=str(public))
+
+
+def test_tampered_and_redigested_metadata_refused_by_the_signature(keys, tmp_path):
+    """Someone who edits a field AND recomputes the digest still cannot re-sign it."""
+    from model_store.integrity import artifact_digest
+
+    private, public = keys["ours"]
+    art = write_tiny_artifact(str(tmp_path), version="s", signing_key=str(private))
+
+    def edit_and_redigest(meta: dict) -> None:
+        meta["threshold"] = 0.2
+        meta["digest"] = artifact_digest(meta["sha256"], meta)
+
+    _edit_metadata(tmp_path, "s", edit_and_redigest)
+    assert load_artifact(art.uri).metadata.threshold == 0.2  # the digest alone is fooled
+    with pytest.raises(ArtifactError, match="does not verify"):
+        load_artifact(art.uri, trusted_public_key=str(public))
+
+
+def test_unusable_trusted_key_is_an_artifact_error(keys, tmp_path):
+    art = write_tiny_artifact(str(tmp_path), version="s", signing_key=str(keys["ours"][0]))
+    with pytest.raises(ArtifactError, match="trusted public key unusable"):
+        load_artifact(art.uri, trusted_public_key=str(tmp_path / "missing.pub"))
+    with pytest.raises(ArtifactError, match="trusted public key unusable"):
+        load_artifact(art.uri, trusted_public_key=str(keys["ours"][0]))  # the private half
+
+
+def test_list_versions_says_which_versions_verify(tmp_path):
+    from model_store import list_versions
+
+    write_tiny_artifact(str(tmp_path), version="good")
+    write_tiny_artifact(str(tmp_path), version="edited")
+    _edit_metadata(tmp_path, "edited", lambda meta: meta.update(threshold=0.9))
+    integrity = {r["version"]: r["integrity"] for r in list_versions(str(tmp_path))}
+    assert integrity["good"] == "ok"
+    assert integrity["edited"].startswith("digest mismatch")

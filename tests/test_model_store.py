@@ -6,12 +6,24 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 import torch
+import torchvision
+from torch import nn
 
-from model_store import ArtifactError, export_frozen_torchscript, list_versions, load_artifact
+from model_store import (
+    ArtifactError,
+    export_torchscript,
+    list_versions,
+    load_artifact,
+    load_torchscript,
+    resize_for_model,
+    save_artifact,
+)
 from model_store.store import resolve_model_uri
 from tests.artifacts import TinyNet, write_tiny_artifact
+from train_job.synthetic import draw_attributes, render_face
 
 
 def test_save_then_load_by_latest_version_and_model_dir(tmp_path):
@@ -86,18 +98,19 @@ def test_missing_artifact_says_how_to_fix(tmp_path):
 def test_export_matches_eager_and_refuses_drift():
     model = TinyNet()
     example = torch.randn(3, 3, 32, 32)
-    data = export_frozen_torchscript(model, example)
+    data = export_torchscript(model, example)
     import io
 
     reloaded = torch.jit.load(io.BytesIO(data))
     torch.testing.assert_close(reloaded(example), model(example))
+    assert len(list(reloaded.parameters())) == 2  # not frozen: weights stay parameters
 
     class Stochastic(torch.nn.Module):  # traced output cannot match eager: export must refuse
         def forward(self, x):
             return x + torch.rand_like(x)
 
     with pytest.raises(RuntimeError, match="differs from the eager model"):
-        export_frozen_torchscript(Stochastic(), example)
+        export_torchscript(Stochastic(), example)
 
 
 def test_models_list_cli(tmp_path):
@@ -110,3 +123,162 @@ def test_models_list_cli(tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "NAME" in out and "20260102-000000 (latest)" in out and "tiny-test-net" in out
+
+
+# --- float16 / bfloat16 on CPU ----------------------------------------------------------------
+
+# Measured max |probability difference| from float32 on the 16 synthetic faces below (torch
+# 2.14, AVX-512 FP16/BF16 CPU): float16 0.0006 (TinyNet) / 0.0004 (MobileNetV3-small), bfloat16
+# 0.0043 / 0.0035. The bounds leave ~5x headroom and stay far below a 0.5-threshold flip margin.
+MAX_PROB_DIFF = {torch.float16: 0.005, torch.bfloat16: 0.02}
+MEAN, STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _synthetic_faces(count: int = 16, size: int = 64) -> torch.Tensor:
+    """(count, 3, size, size) normalised float32: rendered faces, resized as serving does."""
+    rng = np.random.default_rng(0)
+    faces = [
+        np.asarray(
+            resize_for_model(render_face(draw_attributes(rng), rng), (size, size), "bilinear")
+        )
+        for _ in range(count)
+    ]
+    x = torch.from_numpy(np.stack(faces)).permute(0, 3, 1, 2).float() / 255.0
+    return (x - torch.tensor(MEAN).view(1, 3, 1, 1)) / torch.tensor(STD).view(1, 3, 1, 1)
+
+
+def _mobilenet_with_spread() -> nn.Module:
+    """Seeded MobileNetV3-small whose outputs vary like a trained model's: at torchvision's
+    initialisation every probability is exactly 0.5 in every dtype, a test that cannot fail."""
+    torch.manual_seed(0)
+    net = torchvision.models.mobilenet_v3_small(num_classes=40)
+    with torch.no_grad():
+        for module in net.modules():
+            if isinstance(module, nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.2, 0.2)
+                module.running_var.uniform_(0.5, 2.0)
+        nn.init.normal_(net.classifier[-1].weight, std=1.0)
+    return nn.Sequential(net, nn.Sigmoid()).eval()
+
+
+MODELS = {
+    "tiny": lambda: nn.Sequential(TinyNet(), nn.Sigmoid()).eval(),
+    "mobilenet_v3_small": _mobilenet_with_spread,
+}
+
+
+@pytest.fixture(scope="module", params=list(MODELS))
+def served_artifact(request, tmp_path_factory):
+    faces = _synthetic_faces()
+    data = export_torchscript(MODELS[request.param](), faces[:2])
+    artifact = save_artifact(
+        str(tmp_path_factory.mktemp("store")),
+        request.param,
+        data,
+        {
+            "labels": [f"label{i}" for i in range(40)],
+            "input_size": [64, 64],
+            "mean": list(MEAN),
+            "std": list(STD),
+            "output_kind": "probabilities",
+        },
+    )
+    return load_artifact(artifact.uri), faces
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_matches_float32_on_cpu(served_artifact, dtype):
+    artifact, faces = served_artifact
+    cpu = torch.device("cpu")
+    with torch.inference_mode():
+        reference = load_torchscript(artifact, cpu, torch.float32)(faces)
+        module = load_torchscript(artifact, cpu, dtype)
+        out = module(faces.to(dtype))
+    assert reference.std() > 0.05  # outputs vary: a dtype bug would show
+    assert out.dtype == dtype and out.shape == reference.shape
+    diff = (out.float() - reference).abs().max().item()
+    assert diff <= MAX_PROB_DIFF[dtype], f"{dtype}: max |dp| {diff:.5f}"
+
+
+def test_freezing_before_casting_fails_in_float16_and_load_torchscript_does_not():
+    """Regression: format 1 froze at export, and a frozen module cast with .half() keeps its
+    float32 constants, so the first fp16 call fails."""
+    model, faces = MODELS["tiny"](), _synthetic_faces(count=2)
+    with torch.no_grad():
+        frozen = torch.jit.freeze(torch.jit.trace(model, faces))
+    with pytest.raises(RuntimeError, match="Half"):
+        frozen.half()(faces.half())
+
+    art = save_artifact(
+        "memory://half-regression", "tiny", export_torchscript(model, faces), {
+            "labels": [f"l{i}" for i in range(40)], "input_size": [64, 64], "mean": list(MEAN),
+            "std": list(STD), "output_kind": "probabilities",
+        },
+    )  # fmt: skip
+    module = load_torchscript(art, torch.device("cpu"), torch.float16)
+    assert module(faces.half()).dtype == torch.float16
+
+
+def test_load_torchscript_refuses_a_file_that_is_not_torchscript(tmp_path):
+    art = save_artifact(
+        str(tmp_path), "junk", b"not a zip file at all", {
+            "labels": ["a"], "input_size": [64, 64], "mean": list(MEAN), "std": list(STD),
+            "output_kind": "logits",
+        },
+    )  # fmt: skip
+    loaded = load_artifact(art.uri)  # checksums fine: the bytes are what was exported
+    with pytest.raises(ArtifactError, match="is not a loadable TorchScript file"):
+        load_torchscript(loaded, torch.device("cpu"), torch.float32)
+
+
+def test_reexport_cli_turns_a_checkpoint_into_a_signed_format_2_artifact(tmp_path):
+    """`python -m train_job.export --checkpoint ...`: the way to replace an artifact of an older
+    format_version without re-training. A Lightning checkpoint as Ray Train keeps it, of an
+    untrained small_cnn (weights do not matter here), on synthetic CelebA-layout data."""
+    import lightning
+
+    from model_store.keys import generate as generate_keys
+    from train_job.celeba import ATTRIBUTES
+    from train_job.module import FaceAttributeClassifier
+    from train_job.synthetic import generate as generate_data
+
+    generate_data(tmp_path / "data", 120)
+    torch.manual_seed(0)
+    model = FaceAttributeClassifier(list(ATTRIBUTES), backbone="small_cnn")
+    (tmp_path / "ckpt").mkdir()
+    torch.save(
+        {
+            "state_dict": model.state_dict(),
+            "hyper_parameters": dict(model.hparams),
+            "pytorch-lightning_version": lightning.__version__,
+        },
+        tmp_path / "ckpt" / "checkpoint.ckpt",
+    )
+    private, public = tmp_path / "k.key", tmp_path / "k.pub"
+    generate_keys(str(private), str(public))
+    result = subprocess.run(
+        [sys.executable, "-m", "train_job.export", "--checkpoint", str(tmp_path / "ckpt"),
+         "--data-dir", str(tmp_path / "data"), "--model-store", str(tmp_path / "store"),
+         "--image-size", "32", "--max-samples", "64", "--dataloader-workers", "0",
+         "--signing-key", str(private)],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    assert "signed by" in result.stdout
+    artifact = load_artifact(str(tmp_path / "store" / "face-attributes"), str(public))
+    assert artifact.metadata.backbone == "small_cnn" and artifact.metadata.input_size == (32, 32)
+    module = load_torchscript(artifact, torch.device("cpu"), torch.bfloat16)
+    assert module(torch.zeros(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 40)
+
+
+def test_training_cli_refuses_an_unusable_signing_key_before_training(tmp_path):
+    from model_store.keys import generate as generate_keys
+    from train_job.config import parse_config
+
+    generate_keys(str(tmp_path / "k.key"), str(tmp_path / "k.pub"))
+    ok = parse_config(["--data-dir", str(tmp_path), "--signing-key", str(tmp_path / "k.key")])
+    assert ok.signing_key == str(tmp_path / "k.key")
+    (tmp_path / "not-a-key.pem").write_text("hello")
+    for bad in (tmp_path / "missing.pem", tmp_path / "not-a-key.pem", tmp_path / "k.pub"):
+        with pytest.raises(SystemExit):
+            parse_config(["--data-dir", str(tmp_path), "--signing-key", str(bad)])

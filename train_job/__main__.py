@@ -11,7 +11,7 @@ from ray.train.torch import TorchTrainer
 
 from train_job.config import TrainConfig, parse_config
 from train_job.data import CelebADataModule, DataError
-from train_job.export import export_and_evaluate
+from train_job.export import export_and_evaluate, print_report
 from train_job.train_loop import MONITOR, train_loop_per_worker
 
 
@@ -41,28 +41,6 @@ def run_training(cfg: TrainConfig) -> ray.train.Result:
     if result.error is not None:
         raise result.error
     return result
-
-
-def print_report(meta: dict) -> None:
-    metrics = meta["metrics"]
-    print("\n=== Model exported ===")
-    print(f"artifact   {meta['uri']}")
-    print(
-        f"version    {meta['version']}   backbone {meta['backbone']}   input {meta['input_size']}"
-    )
-    print(
-        f"val AUROC  {metrics['val_auroc']}   test AUROC {metrics['test_auroc']}   best epoch {metrics['best_epoch']}"
-    )
-    print(f"{'attribute':<22}{'val AUROC':>10}{'test AUROC':>12}")
-    for name in meta["labels"]:
-        val = metrics["val_auroc_per_label"].get(name)
-        test = metrics["test_auroc_per_label"].get(name)
-        print(f"{name:<22}{_fmt(val):>10}{_fmt(test):>12}")
-    print(f"\nserve it:  serve run config.yaml   (model_uri {meta['uri']})")
-
-
-def _fmt(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.4f}"
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import os
 from dataclasses import asdict, dataclass
@@ -34,6 +35,9 @@ class TrainConfig:
     precision: str = "32-true"
     max_failures: int = 2
     seed: int = 0
+    # Path of an ed25519 PEM private key (python -m model_store.keys generate): the exported
+    # artifact is signed with it. Read where the export task runs (the driver's node locally).
+    signing_key: str | None = None
 
     def __post_init__(self) -> None:
         problems = []
@@ -68,9 +72,23 @@ class TrainConfig:
         self.model_store = _absolute_if_local(self.model_store)
         if self.storage_path is not None:
             self.storage_path = _absolute_if_local(self.storage_path)
+        if self.signing_key is not None:
+            self.signing_key = _absolute_if_local(self.signing_key)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def _signing_key_problems(path: str) -> list[str]:
+    """Checked by the CLI before training starts, not hours later at export (not in
+    __post_init__: workers rebuild the config on nodes that need not hold the key)."""
+    from model_store.signing import KeyFileError, load_private_key
+
+    try:
+        load_private_key(path)
+    except KeyFileError as e:
+        return [f"--signing-key {path}: {e} (make one: python -m model_store.keys generate)"]
+    return []
 
 
 def _absolute_if_local(path: str) -> str:
@@ -119,14 +137,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--precision", default="32-true", help="32-true, 16-mixed (GPU) or bf16-mixed")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--signing-key",
+        default=None,
+        help="ed25519 PEM private key: sign the artifact (python -m model_store.keys generate)",
+    )
     return p
 
 
 def parse_config(argv: list[str] | None = None) -> TrainConfig:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    return config_from_args(parser, parser.parse_args(argv))
+
+
+def config_from_args(parser: argparse.ArgumentParser, args: argparse.Namespace) -> TrainConfig:
+    """The TrainConfig in ``args`` (other attributes, e.g. a command's own flags, ignored);
+    errors exit through ``parser`` as usage errors."""
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
     try:
-        return TrainConfig(**vars(args))
+        cfg = TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     except ValueError as e:
         parser.error(str(e))
         raise  # unreachable: parser.error exits
+    if cfg.signing_key is not None and (problems := _signing_key_problems(cfg.signing_key)):
+        parser.error("invalid training configuration:\n  " + "\n  ".join(problems))
+    return cfg

@@ -1,10 +1,15 @@
-"""Best checkpoint -> frozen TorchScript, evaluated on val and test, written to the model store."""
+"""Best checkpoint -> traced TorchScript (artifact format 2), evaluated on val and test,
+written to the model store (signed when TrainConfig.signing_key is set).
+
+Also a command: ``python -m train_job.export --checkpoint DIR --data-dir DIR ...`` re-exports
+a checkpoint without training (see main)."""
 
 from __future__ import annotations
 
 import io
 import os
 import platform
+import sys
 import time
 from typing import Any
 
@@ -16,8 +21,8 @@ import torchvision
 from torch import nn
 from torchmetrics.classification import MultilabelAUROC
 
-from model_store import export_frozen_torchscript, save_artifact
-from train_job.config import TrainConfig
+from model_store import export_torchscript, save_artifact
+from train_job.config import TrainConfig, build_parser, config_from_args
 from train_job.data import INTERPOLATION, CelebADataModule, data_fingerprint
 from train_job.module import FaceAttributeClassifier, LabelBalance
 from train_job.train_loop import build_datamodule
@@ -65,7 +70,7 @@ def export_and_evaluate(
     # The artifact returns probabilities: (N, 3, H, W) normalised float -> (N, 40) in [0, 1].
     exported = nn.Sequential(model.net, nn.Sigmoid()).eval()
     example, _ = next(iter(torch.utils.data.DataLoader(datamodule.dataset("val"), batch_size=4)))
-    model_bytes = export_frozen_torchscript(exported, example)
+    model_bytes = export_torchscript(exported, example)
     scripted = torch.jit.load(io.BytesIO(model_bytes), map_location=device)
 
     val = evaluate(scripted, datamodule, "val", device)
@@ -111,5 +116,59 @@ def export_and_evaluate(
             },
         },
     }
-    artifact = save_artifact(cfg.model_store, cfg.model_name, model_bytes, metadata)
+    artifact = save_artifact(
+        cfg.model_store, cfg.model_name, model_bytes, metadata, signing_key=cfg.signing_key
+    )
     return {"uri": artifact.uri, **artifact.metadata.model_dump(mode="json")}
+
+
+def print_report(meta: dict) -> None:
+    metrics = meta["metrics"]
+    print("\n=== Model exported ===")
+    print(f"artifact   {meta['uri']}")
+    print(
+        f"version    {meta['version']}   backbone {meta['backbone']}   input {meta['input_size']}"
+    )
+    print(
+        f"val AUROC  {metrics['val_auroc']}   test AUROC {metrics['test_auroc']}   best epoch {metrics['best_epoch']}"
+    )
+    print(f"{'attribute':<22}{'val AUROC':>10}{'test AUROC':>12}")
+    for name in meta["labels"]:
+        val = metrics["val_auroc_per_label"].get(name)
+        test = metrics["test_auroc_per_label"].get(name)
+        print(f"{name:<22}{_fmt(val):>10}{_fmt(test):>12}")
+    if meta.get("signature"):
+        print(f"signed by  ed25519 key {meta['signature']['public_key_sha256'][:16]}")
+    print(f"\nserve it:  serve run config.yaml   (model_uri {meta['uri']})")
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.4f}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """python -m train_job.export --checkpoint DIR --data-dir DIR [training flags]: export a
+    Ray Train checkpoint again (e.g. an artifact of an older format_version), in this process.
+
+    The backbone comes from the checkpoint; --image-size, --max-samples and --seed must be the
+    training run's, since they define the evaluation splits and the input size.
+    """
+    parser = build_parser()
+    parser.prog = "python -m train_job.export"
+    parser.description = "Export a Ray Train checkpoint (checkpoint.ckpt) to the model store."
+    parser.add_argument(
+        "--checkpoint", required=True, help="a checkpoint directory holding checkpoint.ckpt"
+    )
+    args = parser.parse_args(argv)
+    if not os.path.isfile(os.path.join(args.checkpoint, "checkpoint.ckpt")):
+        parser.error(f"--checkpoint {args.checkpoint}: no checkpoint.ckpt in it")
+    cfg = config_from_args(parser, args)
+    checkpoint = ray.train.Checkpoint(os.path.abspath(args.checkpoint))
+    cfg.backbone = load_best_model(checkpoint).hparams.backbone
+    run = {"started_at": time.time(), "storage_path": None, "best_epoch": None}
+    print_report(export_and_evaluate(checkpoint, cfg, run))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
