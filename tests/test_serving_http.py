@@ -329,27 +329,30 @@ def test_tampered_artifact_refused_old_model_keeps_serving(served, model_store):
 
 
 def test_overload_gets_fast_503_with_retry_after(served):
+    """A burst past the model's tiny queue: every answer is a 200 or a clean 503, and the 503s
+    of that same burst (at least one) say 'overloaded' with Retry-After."""
+    import time
+
+    from tests.harness import deployment, wait_for
+
     config = served.base_config(max_batch_size=1, batch_wait_timeout_s=0.0)
-    model = config["applications"][0]["deployments"][0]
+    model = deployment(config["applications"][0], "FaceAttributeModel")
     model.update(max_ongoing_requests=1, max_queued_requests=1)
+
+    def burst_with_503s() -> list[httpx.Response] | None:
+        responses = concurrent_classify(served.url, 48, images.solid(size=(1200, 1200)))
+        return responses if any(r.status_code == 503 for r in responses) else None
+
     served.deploy(config)
     try:
-        import time
-
-        from tests.harness import wait_for
-
-        def overloaded():
-            responses = concurrent_classify(served.url, 48, images.solid(size=(1200, 1200)))
-            return [r for r in responses if r.status_code == 503], responses
-
-        busy, responses = wait_for(
-            lambda: overloaded()[0] and overloaded(), 60, "503s under overload"
-        )
+        responses = wait_for(burst_with_503s, 60, "a burst with 503s under overload")
+        busy = [r for r in responses if r.status_code == 503]
+        assert busy, "wait_for returned a burst without 503s"
         assert all(r.status_code in (200, 503) for r in responses), {
             r.status_code for r in responses
         }
         for r in busy:
-            assert r.json()["error"] == "overloaded"
+            assert r.json()["error"] == "overloaded", r.text
             assert r.headers["retry-after"] == "1"
         start = time.perf_counter()
         assert classify(served.http, images.solid()).status_code in (200, 503)

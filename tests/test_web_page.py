@@ -1,10 +1,19 @@
 """GET / in a real headless browser (Debian's chromium + chromedriver, driven by Selenium):
-upload a photo, read the rendered bars, and a clear message for a bad file."""
+upload a photo, read the rendered bars, and a clear message for a bad file; artifact text shown
+as text, never run as markup; the security headers of the page and the API.
+
+The page keeps its script and style in one inline <script> and one inline <style> block, with no
+event-handler or style attributes: the ingress allows exactly those blocks by their sha256 in
+its Content-Security-Policy, so anything else on the page would not run.
+"""
 
 from __future__ import annotations
 
-import os
+import base64
+import hashlib
+import re
 import shutil
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -12,10 +21,91 @@ import pytest
 from tests import images
 from tests.artifacts import CELEBA_LABELS
 from tests.harness import ROOT
-
-pytestmark = pytest.mark.serve
+from tests.required import require
 
 SCREENSHOTS = ROOT / "test-output"
+PAGE = ROOT / "serve_app" / "static" / "index.html"
+TITLE = "Face attributes"
+# Artifact-controlled text that would run as script if the page wrote it as HTML.
+PAYLOADS = {
+    field: f"<img src=x onerror=\"document.title='pwned by {field}'\">"
+    for field in ("name", "version", "backbone")
+}
+
+
+class PageScan(HTMLParser):
+    """Every tag with its attributes, and the text of each inline <script> / <style> block."""
+
+    def __init__(self):
+        super().__init__(convert_charrefs=False)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.blocks: dict[str, list[str]] = {"script": [], "style": []}
+        self._open: str | None = None
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag in self.blocks:
+            self._open = tag
+            self.blocks[tag].append("")
+
+    def handle_endtag(self, tag):
+        if tag == self._open:
+            self._open = None
+
+    def handle_data(self, data):
+        if self._open:
+            self.blocks[self._open][-1] += data
+
+
+def scan_page() -> PageScan:
+    scan = PageScan()
+    scan.feed(PAGE.read_text(encoding="utf-8"))
+    scan.close()
+    return scan
+
+
+def csp_hash(block: str) -> str:
+    """The CSP source expression that allows this inline block: 'sha256-<base64 digest>'."""
+    digest = hashlib.sha256(block.encode("utf-8")).digest()
+    return f"'sha256-{base64.b64encode(digest).decode()}'"
+
+
+def csp_directives(header: str) -> dict[str, list[str]]:
+    """ "default-src 'none'; img-src 'self' data:" -> {"default-src": ["'none'"], ...}."""
+    directives = {}
+    for part in header.split(";"):
+        if part.strip():
+            name, *sources = part.split()
+            directives[name.lower()] = sources
+    return directives
+
+
+# ---- the page's source: what its Content-Security-Policy can allow ---------------------------
+
+
+def test_page_has_one_inline_script_and_style_and_no_attributes_csp_would_block():
+    scan = scan_page()
+    assert len(scan.blocks["script"]) == 1 and len(scan.blocks["style"]) == 1, scan.blocks.keys()
+    for tag, attrs in scan.tags:
+        handlers = [a for a in attrs if a.startswith("on")]
+        assert not handlers, f"<{tag}> has inline handlers {handlers}: use addEventListener"
+        assert "style" not in attrs, f"<{tag} style=...>: move it to the <style> block"
+        external = {a: v for a, v in attrs.items() if a in ("src", "href", "action") and v}
+        assert not external, f"<{tag}> loads {external}: the page has no external resources"
+        if tag in ("script", "style"):
+            assert not attrs, f"<{tag} {attrs}>: keep blocks inline and attribute-free"
+
+
+def test_page_script_never_writes_html():
+    """Text from the model artifact (name, version, backbone) or the server (error details)
+    lands in text nodes: the script has no way to parse a string as HTML."""
+    script = scan_page().blocks["script"][0]
+    sinks = re.findall(
+        r"\b(innerHTML|outerHTML|insertAdjacentHTML|document\.write|createContextualFragment"
+        r"|DOMParser|setHTML)\b",
+        script,
+    )
+    assert not sinks, f"the page's script uses HTML sinks {sorted(set(sinks))}: use textContent"
 
 
 def find_browser() -> tuple[str, str] | None:
@@ -24,29 +114,38 @@ def find_browser() -> tuple[str, str] | None:
     return (chromium, driver) if chromium and driver else None
 
 
+def missing_browser() -> str | None:
+    if find_browser() is None:
+        return (
+            "chromium and chromedriver not found on PATH "
+            "(apt-get install chromium chromium-driver; .ci/run installs them)"
+        )
+    return None
+
+
+def test_missing_browser_names_the_packages(monkeypatch, tmp_path):
+    monkeypatch.setenv("PATH", str(tmp_path))  # an empty directory: no chromium on it
+    assert "apt-get install chromium chromium-driver" in missing_browser()
+
+
 @pytest.fixture(scope="module")
 def browser():
-    found = find_browser()
-    if found is None:
-        message = (
-            "chromium and chromedriver not installed (apt-get install chromium chromium-driver)"
-        )
-        if os.environ.get("CI") == "true":
-            pytest.fail(message + ": .ci/run installs them")
-        pytest.skip(message)
-    pytest.importorskip("selenium")
+    require("browser", missing_browser())
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
 
+    chromium, chromedriver = find_browser()
     options = webdriver.ChromeOptions()
-    options.binary_location = found[0]
+    options.binary_location = chromium
     for flag in (
         "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
         "--disable-background-networking", "--disable-component-update", "--disable-sync",
         "--no-first-run", "--disable-quic", "--window-size=1200,1000",
     ):  # fmt: skip
         options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=found[1]), options=options)
+    # The console log is where Chromium reports Content-Security-Policy violations.
+    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
+    driver = webdriver.Chrome(service=Service(executable_path=chromedriver), options=options)
     yield driver
     driver.quit()
 
@@ -58,15 +157,52 @@ def upload(browser, served, path: Path) -> None:
     browser.find_element(By.ID, "file").send_keys(str(path))
 
 
-def test_upload_shows_sorted_bars_threshold_version_latency(browser, served, tmp_path):
+def csp_violations(browser) -> list[str]:
+    """Console messages since the last call in which Chromium refused something under CSP."""
+    return [
+        entry["message"]
+        for entry in browser.get_log("browser")
+        if "Content Security Policy" in entry["message"]
+    ]
+
+
+def wait_for_result(browser) -> None:
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
+    WebDriverWait(browser, 30).until(
+        lambda b: b.find_element(By.ID, "status").get_attribute("data-latency-ms")
+    )
+
+
+def write_payload_artifact(store: Path) -> Path:
+    """A copy of the tiny test model whose name, version and backbone are PAYLOADS; returns
+    its version directory. write_tiny_artifact fixes the backbone, so the copy is saved again
+    through model_store.save_artifact (which fills in name, version and checksums)."""
+    from model_store import load_artifact, save_artifact
+    from tests.artifacts import write_tiny_artifact
+
+    scratch = store / "payload-scratch"
+    tiny = write_tiny_artifact(str(scratch), version="v1")
+    metadata = tiny.metadata.model_dump(exclude={"name", "version", "sha256", "created_at"})
+    metadata["backbone"] = PAYLOADS["backbone"]
+    saved = load_artifact(tiny.uri)
+    if not (store / PAYLOADS["name"] / PAYLOADS["version"]).exists():
+        save_artifact(
+            str(store), PAYLOADS["name"], saved.model_bytes, metadata, version=PAYLOADS["version"]
+        )
+    return store / PAYLOADS["name"] / PAYLOADS["version"]
+
+
+@pytest.mark.serve
+def test_upload_shows_sorted_bars_threshold_version_latency(browser, served, tmp_path):
+    from selenium.webdriver.common.by import By
+
     photo = tmp_path / "red.jpg"
     photo.write_bytes(images.solid(images.RED))
+    csp_violations(browser)  # drop earlier pages' messages
     upload(browser, served, photo)
-    wait = WebDriverWait(browser, 30)
-    wait.until(lambda b: b.find_element(By.ID, "status").get_attribute("data-latency-ms"))
+    wait_for_result(browser)
 
     names = [
         e.get_attribute("data-label")
@@ -78,10 +214,14 @@ def test_upload_shows_sorted_bars_threshold_version_latency(browser, served, tmp
     assert len(browser.find_elements(By.CSS_SELECTOR, "#results .threshold")) == 40
     assert browser.find_element(By.ID, "model-version").text == "v1"
     assert float(browser.find_element(By.ID, "status").get_attribute("data-latency-ms")) > 0
+    meta = browser.find_element(By.ID, "meta").text
+    assert meta == "Model face-attributes version v1 · tiny-test-net · input 64\u00d764", meta
+    assert csp_violations(browser) == []
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "web-page.png"))
 
 
+@pytest.mark.serve
 def test_bad_file_shows_a_clear_message(browser, served, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
@@ -93,3 +233,93 @@ def test_bad_file_shows_a_clear_message(browser, served, tmp_path):
         lambda b: b.find_element(By.CSS_SELECTOR, "#status.error")
     )
     assert "Could not classify this file" in status.text and "decod" in status.text
+
+
+@pytest.mark.serve
+def test_artifact_text_is_shown_as_text_never_run(browser, served, model_store, tmp_path):
+    """An artifact whose name, version and backbone are HTML: the page shows them literally,
+    no element is injected, and the payload's script does not run (the title stays)."""
+    from selenium.webdriver.common.by import By
+
+    from tests.harness import deployment
+
+    config = served.base_config()
+    model = deployment(config["applications"][0], "FaceAttributeModel")
+    model["user_config"]["model_uri"] = str(write_payload_artifact(model_store))
+    served.deploy(config)
+    try:
+        assert served.metadata()["backbone"] == PAYLOADS["backbone"]
+        photo = tmp_path / "red.png"
+        photo.write_bytes(images.solid(images.RED, fmt="PNG"))
+        csp_violations(browser)  # drop earlier pages' messages
+        upload(browser, served, photo)
+        wait_for_result(browser)  # the page has rendered metadata and a result by now
+
+        meta = browser.find_element(By.ID, "meta")
+        for field, payload in PAYLOADS.items():
+            assert payload in meta.text, (field, meta.text)
+        injected = [e.tag_name for e in meta.find_elements(By.CSS_SELECTOR, "*")]
+        assert injected == ["b", "b"], f"#meta holds elements {injected}"
+        assert browser.find_element(By.ID, "model-version").text == PAYLOADS["version"]
+        assert len(browser.find_elements(By.TAG_NAME, "img")) == 1  # only #preview
+        assert browser.title == TITLE
+        assert csp_violations(browser) == []
+    finally:
+        served.deploy(served.base_config())
+
+
+# ---- security headers of the page and of the API ----------------------------------------------
+
+
+@pytest.mark.serve
+def test_page_csp_allows_exactly_its_inline_blocks(served):
+    page = served.http.get("/")
+    assert page.status_code == 200
+    assert page.headers.get("x-content-type-options") == "nosniff"
+    csp = csp_directives(page.headers.get("content-security-policy", ""))
+    blocks = scan_page().blocks
+    assert csp == {
+        "default-src": ["'none'"],
+        "script-src": [csp_hash(b) for b in blocks["script"]],
+        "style-src": [csp_hash(b) for b in blocks["style"]],
+        "img-src": ["'self'", "data:", "blob:"],
+        "connect-src": ["'self'"],
+        "base-uri": ["'none'"],
+        "form-action": ["'none'"],
+        "frame-ancestors": ["'none'"],
+    }
+    assert page.text == PAGE.read_text(encoding="utf-8")  # the hashes are of what is served
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize(
+    ("method", "path", "status"),
+    [
+        ("GET", "/metadata", 200),
+        ("GET", "/healthz", 200),
+        ("POST", "/classify", 400),
+        ("GET", "/no-such-page", 404),
+        ("GET", "/classify", 405),
+    ],
+)
+def test_api_responses_forbid_everything_and_sniffing(served, method, path, status):
+    response = served.http.request(method, path)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"].startswith("application/json")
+    assert response.headers.get("x-content-type-options") == "nosniff"
+    assert csp_directives(response.headers.get("content-security-policy", "")) == {
+        "default-src": ["'none'"],
+        "frame-ancestors": ["'none'"],
+    }
+
+
+@pytest.mark.serve
+@pytest.mark.parametrize(
+    ("method", "path", "allowed"),
+    [("GET", "/classify", {"POST"}), ("GET", "/classify/batch", {"POST"}), ("POST", "/", {"GET"})],
+)
+def test_wrong_method_gets_405_naming_the_allowed_ones(served, method, path, allowed):
+    response = served.http.request(method, path)
+    assert response.status_code == 405, response.text
+    assert response.json()["error"] == "method_not_allowed"
+    assert {m.strip() for m in response.headers.get("allow", "").split(",")} == allowed
