@@ -16,12 +16,12 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serve_app.face_attribute_model import _forward, load_model
+from serve_app.inference import forward, load_model
 
 
 def build(model_uri: str, threads: int) -> Starlette:
     torch.set_num_threads(threads)
-    model = load_model(model_uri, torch.device("cpu"), fp16=False)
+    model = load_model(model_uri, torch.device("cpu"))
     meta = model.metadata
     h, w = meta.input_size
 
@@ -30,7 +30,7 @@ def build(model_uri: str, threads: int) -> Starlette:
             Image.open(io.BytesIO(data)).convert("RGB").resize((w, h), Image.Resampling.BILINEAR)
         )
         x = torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1)[None]
-        probs = _forward(model, x)[0].tolist()
+        probs = forward(model, x)[0].tolist()
         return {
             "labels": [
                 {"label_id": i, "label": meta.labels[i], "probability": p}

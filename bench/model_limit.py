@@ -9,23 +9,23 @@ import time
 
 import torch
 
-from serve_app.face_attribute_model import _forward, load_model
+from serve_app.inference import forward, load_model
 
 
 def measure(model_uri: str, threads: int, batch_sizes: list[int], seconds: float = 3.0) -> dict:
     torch.set_num_threads(threads)
-    model = load_model(model_uri, torch.device("cpu"), fp16=False)
+    model = load_model(model_uri, torch.device("cpu"))
     h, w = model.metadata.input_size
     rows = []
     for batch in batch_sizes:
         x = torch.randint(0, 256, (batch, 3, h, w), dtype=torch.uint8)
         for _ in range(2):
-            _forward(model, x)
+            forward(model, x)
         n, start = 0, time.perf_counter()
         latencies = []
         while time.perf_counter() - start < seconds:
             t = time.perf_counter()
-            _forward(model, x)
+            forward(model, x)
             latencies.append(time.perf_counter() - t)
             n += batch
         elapsed = time.perf_counter() - start

@@ -13,7 +13,10 @@ from serve_app.ingress import Ingress
 
 def build_app(args: AppArgs) -> Application:
     model = FaceAttributeModel.bind(
-        device=args.device, fp16=args.fp16, torch_threads=args.torch_threads
+        device=args.device,
+        precision=args.precision,
+        torch_threads=args.torch_threads,
+        max_image_pixels=args.max_image_pixels,
     )
     return Ingress.bind(model, args.model_dump())
 

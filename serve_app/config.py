@@ -3,9 +3,11 @@ and when the model deployment is reconfigured. Errors say which key and how to f
 
 from __future__ import annotations
 
-from typing import Literal
+import hashlib
+import json
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 DEFAULT_MODEL_URI = "models/face-attributes/latest"
 
@@ -25,7 +27,17 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="model device; auto picks CUDA when the replica has a GPU"
     )
-    fp16: bool = Field(default=False, description="half precision inference (CUDA only)")
+    precision: Literal["float32", "float16", "bfloat16"] = Field(
+        default="float32",
+        description="dtype of the model's weights and inputs; float16/bfloat16 also run on CPU "
+        "(slowly), so the GPU path can be run end to end anywhere",
+    )
+    decode_on: Literal["ingress", "model"] = Field(
+        default="ingress",
+        description="ingress: PIL decodes and resizes there and pixels cross to the model; "
+        "model: the ingress checks headers only and the model replica decodes the batch "
+        "(JPEG with torchvision.io.decode_jpeg on the model's device, nvJPEG on CUDA)",
+    )
     torch_threads: int | None = Field(
         default=None, ge=1, le=256, description="intra-op threads; default: the replica's num_cpus"
     )
@@ -41,6 +53,19 @@ class AppArgs(BaseModel):
     max_waiting_images: int = Field(
         default=128, ge=1, description="images waiting for a model call above which: 503"
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fp16_means_float16(cls, data: Any) -> Any:
+        """``fp16: true`` (configs written before ``precision``) -> ``precision: float16``."""
+        if isinstance(data, dict) and "fp16" in data:
+            data = dict(data)
+            fp16 = data.pop("fp16")
+            if fp16 and data.get("precision", "float16") != "float16":
+                raise ValueError("fp16: true contradicts precision; keep only precision")
+            if fp16:
+                data["precision"] = "float16"
+        return data
 
     @property
     def max_body_bytes(self) -> int:
@@ -59,3 +84,15 @@ class ModelConfig(BaseModel):
     )
     max_batch_size: int = Field(default=16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=1.0)
+    trusted_public_key: str | None = Field(
+        default=None,
+        description="ed25519 public key (PEM file path or PEM text): only artifacts signed by "
+        "its private key are served (python -m model_store.keys generate; train with "
+        "--signing-key)",
+    )
+
+    def fingerprint(self) -> str:
+        """A short id of this config, shown in /metadata (serving.config_id): a tool that
+        applied a config sees it took effect without the config's paths being published."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
+        return hashlib.sha256(canonical).hexdigest()[:16]

@@ -5,8 +5,10 @@ Every failure is an ApiError (a 4xx), never a crash: nothing here may take a rep
 
 from __future__ import annotations
 
+import contextlib
 import io
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -14,29 +16,54 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model_store.preprocess import resize_for_model
 from serve_app.errors import ApiError
+from serve_app.protocol import PreprocessSpec
 
 # Only these parsers are ever run on user bytes (fewer decoders, less attack surface).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # JPEG also opens MPO (phone photos)
 SUPPORTED_TEXT = "JPEG, PNG, WebP, BMP or GIF"
 
 
+EXIF_ORIENTATION = 0x0112
+
+
 @dataclass(frozen=True)
-class InputSpec:
-    """What the current model expects; comes from the artifact's metadata, never hard-coded."""
+class ImageInfo:
+    """What a file's header says, read without decoding its pixels."""
 
-    input_size: tuple[int, int]  # (height, width)
-    interpolation: str
+    format: str
+    width: int
+    height: int
+    orientation: int  # EXIF orientation 1..8 (1: as stored)
 
 
-def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
+def inspect_image(data: bytes, max_pixels: int) -> ImageInfo:
+    """Check untrusted bytes from their header alone (decode_on: model): empty, not one of the
+    allowed formats, or more pixels than ``max_pixels`` -> ApiError 400. A file whose header is
+    fine but whose data is corrupt is refused later, where it is decoded."""
+    with _refusing_bad_images():
+        image = _open_checked(data, max_pixels)
+        try:
+            orientation = int(image.getexif().get(EXIF_ORIENTATION, 1))
+        except Exception:
+            orientation = 1  # a broken EXIF block does not stop the decode (PIL ignores it too)
+        return ImageInfo(image.format, image.width, image.height, orientation)
+
+
+def decode_image(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarray:
     """Image file bytes -> (3, H, W) uint8 array at the model's input size."""
-    if not data:
-        raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
+    with _refusing_bad_images():
+        image = _open_and_load(data, spec, max_pixels)
+    return _to_chw(image)
+
+
+@contextlib.contextmanager
+def _refusing_bad_images() -> Iterator[None]:
+    """Every way Pillow fails on bad bytes -> ApiError 400."""
     with warnings.catch_warnings():
         # Pillow's decompression-bomb guard warns before it errors; treat both as refusals.
         warnings.simplefilter("error", Image.DecompressionBombWarning)
         try:
-            image = _open_and_load(data, spec, max_pixels)
+            yield
         except ApiError:
             raise
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
@@ -49,10 +76,11 @@ def decode_image(data: bytes, spec: InputSpec, max_pixels: int) -> np.ndarray:
             # Truncated or corrupted files surface as OSError, SyntaxError, ValueError,
             # EOFError, IndexError... inside Pillow's decoders: all are the client's bad bytes.
             raise ApiError(400, "undecodable_image", f"the image could not be decoded: {e}") from e
-    return _to_chw(image)
 
 
-def _open_and_load(data: bytes, spec: InputSpec, max_pixels: int) -> Image.Image:
+def _open_checked(data: bytes, max_pixels: int) -> Image.Image:
+    if not data:
+        raise ApiError(400, "empty_image", "the image is empty (0 bytes)")
     image = Image.open(io.BytesIO(data), formats=ALLOWED_FORMATS)
     width, height = image.size
     if width * height > max_pixels:
@@ -61,6 +89,11 @@ def _open_and_load(data: bytes, spec: InputSpec, max_pixels: int) -> Image.Image
             "image_too_large",
             f"{width}x{height} is more than the {max_pixels} pixels this service decodes",
         )
+    return image
+
+
+def _open_and_load(data: bytes, spec: PreprocessSpec, max_pixels: int) -> Image.Image:
+    image = _open_checked(data, max_pixels)
     if image.format in ("JPEG", "MPO"):
         # Let libjpeg decode at 1/2, 1/4 or 1/8 scale when the photo is at least 4x the model
         # input: a 12 MP photo then decodes several times faster. Asking for twice the input

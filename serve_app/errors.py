@@ -8,18 +8,28 @@ RETRY_AFTER_S = 1
 
 
 class ApiError(Exception):
-    def __init__(self, status: int, code: str, detail: str, retry_after: int | None = None):
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        detail: str,
+        retry_after: int | None = None,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(detail)
         self.status = status
         self.code = code
         self.detail = detail
         self.retry_after = retry_after
+        self.headers = dict(headers or {})
 
     def as_dict(self) -> dict[str, str]:
         return {"error": self.code, "detail": self.detail}
 
     def response(self) -> JSONResponse:
-        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else None
+        headers = dict(self.headers)
+        if self.retry_after is not None:
+            headers["Retry-After"] = str(self.retry_after)
         return JSONResponse(self.as_dict(), status_code=self.status, headers=headers)
 
 

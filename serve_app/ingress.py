@@ -7,7 +7,10 @@ pipeline. Every failure leaves as {"error", "detail"} JSON with a 4xx/5xx status
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
 import logging
+import re
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
@@ -21,18 +24,51 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
 from serve_app.config import AppArgs
-from serve_app.decode import InputSpec, decode_image
+from serve_app.decode import decode_image, inspect_image
 from serve_app.errors import ApiError, model_unavailable
-from serve_app.face_attribute_model import Prediction
 from serve_app.metrics import IngressMetrics
-from serve_app.model_client import InputSizeChanged, ModelClient
+from serve_app.model_client import MAX_CALL_BYTES, DecodedImage, ModelClient
 from serve_app.multipart import parse_multipart
 from serve_app.openapi import openapi_spec
+from serve_app.protocol import (
+    ImageRejected,
+    ImageResult,
+    ModelNotReady,
+    Prediction,
+    PreprocessSpec,
+    SpecMismatch,
+)
 
 logger = logging.getLogger("ray.serve")
 
 Handler = Callable[[Request], Awaitable[Response]]
 DESCRIBE_TIMEOUT_S = 5.0
+
+PAGE = resources.files("serve_app").joinpath("static/index.html").read_text()
+
+
+def inline_hashes(html: str, tag: str) -> str:
+    """CSP source list allowing exactly the page's own inline <script> or <style> blocks."""
+    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
+    digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
+    return " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
+
+
+# The page runs its own inline script and style and nothing else: an artifact's name or an
+# answer that reaches the page as markup cannot run (and the page writes text nodes anyway).
+PAGE_HEADERS = {
+    "Content-Security-Policy": (
+        f"default-src 'none'; script-src {inline_hashes(PAGE, 'script')}; "
+        f"style-src {inline_hashes(PAGE, 'style')}; img-src 'self' data: blob:; "
+        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
+    ),
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
+API_HEADERS = {
+    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
+    "X-Content-Type-Options": "nosniff",
+}
 
 
 def encode_prediction(prediction: Prediction) -> dict[str, Any]:
@@ -61,7 +97,7 @@ class Ingress:
             calls_in_flight=self._args.model_calls_in_flight,
             max_waiting_images=self._args.max_waiting_images,
         )
-        self._spec: InputSpec | None = None
+        self._spec: PreprocessSpec | None = None  # the serving model's, as last seen
         self._spec_lock = asyncio.Lock()
         self._metrics = IngressMetrics()
         self._routes: dict[tuple[str, str], Handler] = {
@@ -79,10 +115,13 @@ class Ingress:
         handler = self._routes.get((request.method, path))
         try:
             if handler is None:
-                allowed = [m for (m, p) in self._routes if p == path]
+                allowed = ", ".join(m for (m, p) in self._routes if p == path)
                 if allowed:
                     raise ApiError(
-                        405, "method_not_allowed", f"{path} accepts {', '.join(allowed)}"
+                        405,
+                        "method_not_allowed",
+                        f"{path} accepts {allowed}",
+                        headers={"Allow": allowed},
                     )
                 raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
             response = await handler(request)
@@ -94,13 +133,15 @@ class Ingress:
                 500, "internal_error", "unexpected server error (logged)"
             ).response()
         self._metrics.count(path if handler else "other", response.status_code)
+        for name, value in API_HEADERS.items():  # the page sets its own
+            response.headers.setdefault(name, value)
         return response
 
     # ---- typed pipeline -------------------------------------------------------------------
 
     async def classify(self, image: bytes) -> dict[str, Any]:
         """decode -> predict -> encode for one image."""
-        prediction = await self._predict_with_current_spec(image)
+        prediction = await self._predict(image)
         return encode_prediction(prediction)
 
     async def classify_many(self, images: list[bytes]) -> list[dict[str, Any]]:
@@ -116,35 +157,48 @@ class Ingress:
 
         return list(await asyncio.gather(*(one(image) for image in images)))
 
-    async def _predict_with_current_spec(self, image: bytes) -> Prediction:
-        for attempt in range(2):
-            spec = await self._input_spec(refresh=attempt > 0)
-            pixels = await self._decode(image, spec)
-            try:
-                return await self._client.predict(pixels)
-            except InputSizeChanged:
-                pass  # a new model version with another input size landed: follow it, once
-        raise model_unavailable("the model changed its input size twice during this request")
+    async def _predict(self, image: bytes) -> Prediction:
+        if self._args.decode_on == "model" and len(image) <= MAX_CALL_BYTES:
+            inspect_image(image, self._args.max_image_pixels)  # a bad header is a 400 here
+            result = await self._client.predict(image)
+        else:
+            result = await self._predict_decoded(image)
+        if isinstance(result, ImageRejected):
+            raise ApiError(400, result.code, result.detail)
+        return result
 
-    async def _decode(self, image: bytes, spec: InputSpec) -> np.ndarray:
+    async def _predict_decoded(self, image: bytes) -> ImageResult:
+        """Decode with the spec of the model serving now; a new version that prepares pixels
+        differently answers SpecMismatch with its spec, and the image is decoded again."""
+        for _ in range(3):
+            spec = self._spec or await self._fetch_spec()
+            pixels = await self._decode(image, spec)
+            result = await self._client.predict(DecodedImage(pixels, spec))
+            if not isinstance(result, SpecMismatch):
+                return result
+            self._spec = result.current
+        raise model_unavailable("the model changed its preprocessing during this request; retry")
+
+    async def _decode(self, image: bytes, spec: PreprocessSpec) -> np.ndarray:
         start = time.perf_counter()
         pixels = await asyncio.to_thread(decode_image, image, spec, self._args.max_image_pixels)
         self._metrics.decode_seconds.observe(time.perf_counter() - start)
         return pixels  # (3, H, W) uint8
 
-    async def _input_spec(self, refresh: bool = False) -> InputSpec:
-        if self._spec is not None and not refresh:
-            return self._spec
+    async def _fetch_spec(self) -> PreprocessSpec:
         async with self._spec_lock:
-            if self._spec is None or refresh:
-                meta = await self._describe()
-                self._spec = InputSpec(tuple(meta["input_size"]), meta["interpolation"])
+            if self._spec is None:
+                self._spec = await self._ask_model(self._model.preprocess_spec)
         return self._spec
 
     async def _describe(self) -> dict[str, Any]:
+        return await self._ask_model(self._model.describe)
+
+    @staticmethod
+    async def _ask_model(method) -> Any:
         try:
-            return await asyncio.wait_for(self._model.describe.remote(), DESCRIBE_TIMEOUT_S)
-        except (asyncio.TimeoutError, ray.exceptions.RayError, RuntimeError) as e:
+            return await asyncio.wait_for(method.remote(), DESCRIBE_TIMEOUT_S)
+        except (asyncio.TimeoutError, ray.exceptions.RayError, ModelNotReady) as e:
             raise model_unavailable(f"the model deployment is not ready: {e}") from e
 
     # ---- HTTP endpoints ----------------------------------------------------------------------
@@ -205,19 +259,15 @@ class Ingress:
         )
 
     async def _metadata(self, request: Request) -> Response:
-        meta = await self._describe()
-        keys = (
-            "name", "version", "labels", "input_size", "mean", "std", "interpolation",
-            "threshold", "output_kind", "backbone", "created_at", "metrics", "training", "serving",
-        )  # fmt: skip
-        return JSONResponse({k: meta.get(k) for k in keys})
+        meta = await self._describe()  # public fields only: no paths (face_attribute_model.py)
+        meta["serving"]["decode_on"] = self._args.decode_on
+        return JSONResponse(meta)
 
     async def _openapi(self, request: Request) -> Response:
         return JSONResponse(openapi_spec(self._args))
 
     async def _page(self, request: Request) -> Response:
-        page = resources.files("serve_app").joinpath("static/index.html").read_text()
-        return HTMLResponse(page)
+        return HTMLResponse(PAGE, headers=PAGE_HEADERS)
 
 
 def _too_large(limit: int) -> ApiError:

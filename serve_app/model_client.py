@@ -1,4 +1,4 @@
-"""The ingress's side of the model deployment: decoded images go out as one call per batch.
+"""The ingress's side of the model deployment: images go out as one call per batch.
 
 Each handle call costs Ray several ms of CPU on both sides (measured ~4 ms in the model replica
 and ~1.5 ms in the ingress on 2 cores), more than a mobilenet forward per image. So the ingress
@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import defaultdict
+from dataclasses import dataclass
 
 import numpy as np
 import ray
@@ -20,7 +21,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.batching import BatchWhenFree, QueueFull
 from serve_app.errors import model_unavailable, overloaded
-from serve_app.face_attribute_model import Prediction, Predictions
+from serve_app.protocol import ImageResult, ModelNotReady, Predictions, PreprocessSpec
 
 # Serve's gRPC transport between replicas (on with RAY_SERVE_THROUGHPUT_OPTIMIZED) refuses a
 # message over RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB by default): 32 images at
@@ -36,8 +37,15 @@ def transport_chunks(batch: np.ndarray, max_bytes: int = MAX_CALL_BYTES) -> list
     return [batch[i : i + per_call] for i in range(0, len(batch), per_call)]
 
 
-class InputSizeChanged(Exception):
-    """The model now serving expects another input size than the image was decoded to."""
+@dataclass(frozen=True)
+class DecodedImage:
+    """(3, H, W) uint8 pixels and the spec they were prepared with."""
+
+    pixels: np.ndarray
+    spec: PreprocessSpec
+
+
+ModelInput = DecodedImage | bytes  # bytes: an uploaded file the model replica decodes
 
 
 class ModelClient:
@@ -49,7 +57,7 @@ class ModelClient:
         max_waiting_images: int,
     ):
         self._handle = handle
-        self._batcher: BatchWhenFree[np.ndarray, Prediction | InputSizeChanged] = BatchWhenFree(
+        self._batcher: BatchWhenFree[ModelInput, ImageResult] = BatchWhenFree(
             self._call,
             images_per_call,
             0.0,
@@ -57,39 +65,39 @@ class ModelClient:
             max_queued=max_waiting_images,
         )
 
-    async def predict(self, image: np.ndarray) -> Prediction:
-        """image: uint8 (3, H, W) -> its prediction. Raises ApiError 503 when the model
-        deployment is overloaded or unavailable, InputSizeChanged when the spec is stale."""
+    async def predict(self, image: ModelInput) -> ImageResult:
+        """Decoded pixels or a file -> its result: a Prediction, SpecMismatch (the pixels were
+        prepared for another model version) or ImageRejected (the model could not decode the
+        file). Raises ApiError 503 when the model deployment is overloaded or unavailable."""
         try:
-            result = await self._batcher.submit(image)
+            return await self._batcher.submit(image)
         except QueueFull as e:
             raise overloaded(f"too many images waiting for the model ({e})") from e
-        if isinstance(result, InputSizeChanged):
-            raise result
-        return result
 
-    async def _call(self, images: list[np.ndarray]) -> list[Prediction | InputSizeChanged]:
-        """One model call per input shape (two shapes only meet during a model swap)."""
-        by_shape: dict[tuple[int, ...], list[int]] = defaultdict(list)
+    async def _call(self, images: list[ModelInput]) -> list[ImageResult]:
+        """One model call per spec (two specs only meet during a model swap), files apart."""
+        groups: dict[PreprocessSpec | None, list[int]] = defaultdict(list)
         for i, image in enumerate(images):
-            by_shape[image.shape].append(i)
-        results: list[Prediction | InputSizeChanged] = [None] * len(images)  # type: ignore[list-item]
-        for indices in by_shape.values():
-            batch = np.stack([images[i] for i in indices])  # (n, 3, H, W) uint8
-            chunks = transport_chunks(batch)
-            answers = await asyncio.gather(*(self._remote_predict(c) for c in chunks))
+            groups[image.spec if isinstance(image, DecodedImage) else None].append(i)
+        results: list[ImageResult] = [None] * len(images)  # type: ignore[list-item]
+        for spec, indices in groups.items():
+            if spec is None:
+                chunks = file_chunks([images[i] for i in indices])
+                calls = [self._remote(self._handle.predict_files, c) for c in chunks]
+            else:
+                batch = np.stack([images[i].pixels for i in indices])  # (n, 3, H, W) uint8
+                chunks = transport_chunks(batch)
+                calls = [self._remote(self._handle.predict, c, spec) for c in chunks]
+            answers = await asyncio.gather(*calls)
             rows = [(p, r) for p, chunk in zip(answers, chunks) for r in range(len(chunk))]
             for i, (predictions, row) in zip(indices, rows):
-                results[i] = (
-                    InputSizeChanged(predictions.error)
-                    if predictions.error
-                    else predictions.row(row)
-                )
+                results[i] = predictions.result(row)
         return results
 
-    async def _remote_predict(self, batch: np.ndarray) -> Predictions:
+    @staticmethod
+    async def _remote(method, *args) -> Predictions:
         try:
-            return await self._handle.predict.remote(batch)
+            return await method.remote(*args)
         except BackPressureError as e:
             raise overloaded() from e
         except DeploymentUnavailableError as e:
@@ -97,7 +105,18 @@ class ModelClient:
         except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
             # ActorUnavailableError: the gRPC transport's word for a replica that went away.
             raise model_unavailable("the model replica restarted; retry") from e
-        except ray.exceptions.RayTaskError as e:
-            if "no model loaded" in str(e):
-                raise model_unavailable("no model is loaded yet") from e
-            raise
+        except ModelNotReady as e:  # Ray re-raises the replica's exception as its own type
+            raise model_unavailable("no model is loaded yet") from e
+
+
+def file_chunks(files: list[bytes], max_bytes: int = MAX_CALL_BYTES) -> list[list[bytes]]:
+    """Consecutive runs of files of at most max_bytes together (at least one file each)."""
+    chunks: list[list[bytes]] = [[]]
+    size = 0
+    for f in files:
+        if chunks[-1] and size + len(f) > max_bytes:
+            chunks.append([])
+            size = 0
+        chunks[-1].append(f)
+        size += len(f)
+    return chunks

@@ -10,7 +10,8 @@ from typing import Any
 GPU_OVERRIDES = frozenset(
     {
         "args.device",
-        "args.fp16",
+        "args.precision",
+        "args.decode_on",
         "args.images_per_model_call",
         "FaceAttributeModel.ray_actor_options.num_gpus",
         "FaceAttributeModel.autoscaling_config.max_replicas",

@@ -120,16 +120,14 @@ class ServeTestbed:
         status = serve.status().applications.get(APP_NAME)
         if status is None or status.status != "RUNNING":
             return False
+        from serve_app.config import ModelConfig
+
         wanted = deployment(config["applications"][0], "FaceAttributeModel")["user_config"]
         meta = self.http.get("/metadata")
         if meta.status_code != 200:
             return False
         serving = meta.json()["serving"]
-        return (
-            serving["requested_uri"] == wanted["model_uri"]
-            and serving["max_batch_size"] == wanted["max_batch_size"]
-            and serving["batch_wait_timeout_s"] == wanted["batch_wait_timeout_s"]
-        )
+        return serving["config_id"] == ModelConfig.model_validate(wanted).fingerprint()
 
     def metadata(self) -> dict:
         return self.http.get("/metadata").json()

@@ -5,8 +5,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from serve_app.decode import InputSpec, decode_image
-from serve_app.face_attribute_model import LoadedModel, _forward
+from serve_app.decode import decode_image
+from serve_app.inference import LoadedModel, forward
+from serve_app.protocol import PreprocessSpec
 from train_job.data import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION, eval_transform
 from train_job.synthetic import generate
 
@@ -14,7 +15,7 @@ from train_job.synthetic import generate
 def test_served_pixels_equal_training_eval_pixels(tmp_path):
     generate(tmp_path, 12, seed=3)
     size = (72, 56)
-    spec = InputSpec(size, INTERPOLATION)
+    spec = PreprocessSpec(size, INTERPOLATION, IMAGENET_MEAN, IMAGENET_STD)
     for path in sorted((tmp_path / "img_align_celeba").glob("*.jpg"))[:4]:
         served = torch.from_numpy(decode_image(path.read_bytes(), spec, max_pixels=10**7).copy())
         with Image.open(path) as img:
@@ -31,11 +32,11 @@ def test_model_side_normalisation_equals_training(tmp_path):
     from tests.artifacts import write_tiny_artifact
 
     art = write_tiny_artifact(str(tmp_path), input_size=(32, 32))
-    from serve_app.face_attribute_model import load_model
+    from serve_app.inference import load_model
 
-    loaded: LoadedModel = load_model(art.uri, torch.device("cpu"), fp16=False)
+    loaded: LoadedModel = load_model(art.uri, torch.device("cpu"))
     batch = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     mean = torch.tensor(art.metadata.mean).view(1, 3, 1, 1)
     std = torch.tensor(art.metadata.std).view(1, 3, 1, 1)
     expected = torch.sigmoid(loaded.module((batch.float() / 255 - mean) / std))
-    torch.testing.assert_close(_forward(loaded, batch), expected, atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(forward(loaded, batch), expected, atol=1e-5, rtol=1e-4)

@@ -51,9 +51,7 @@ def test_serve_run_config_yaml(serve_testbed, tmp_path):
         out, _ = proc.communicate(timeout=180)
         assert proc.returncode == 0, out[-3000:]
         wait_for(
-            lambda: (
-                httpx.get(f"{url}/metadata").json()["serving"]["requested_uri"].endswith("latest")
-            ),
+            lambda: httpx.get(f"{url}/metadata").json()["version"] == "v2",  # latest
             120,
             "the app from config.yaml to come up",
         )

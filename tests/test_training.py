@@ -83,10 +83,10 @@ def test_ray_job_submit_trains_ddp_and_exports_a_servable_model(ray_cluster, tra
         )
 
     # The serving code loads it (no training imports on that path).
-    from serve_app.face_attribute_model import _forward, load_model
+    from serve_app.inference import forward, load_model
 
-    served = load_model(str(store / "face-attributes" / "latest"), torch.device("cpu"), fp16=False)
-    probs = _forward(served, torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
+    served = load_model(str(store / "face-attributes" / "latest"), torch.device("cpu"))
+    probs = forward(served, torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))
     assert probs.shape == (3, 40) and float(probs.min()) >= 0 and float(probs.max()) <= 1
 
 
