@@ -4,8 +4,13 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 BIN := $(VENV)/bin
 export RAY_AUTH_MODE ?= token
-# Ray Serve's fast path (serve.env); `make serve SERVE_ENV=` runs without it.
-SERVE_ENV ?= $(shell sed -e '/^ *\#/d' -e '/^ *$$/d' serve.env)
+# Ray Serve's fast path (serve.env, its paths made absolute); `make serve SERVE_ENV=` runs without.
+SERVE_ENV ?= $(shell sed -e '/^ *\#/d' -e '/^ *$$/d' -e 's|=serve_app/|=$(CURDIR)/serve_app/|' serve.env)
+
+# Local runs only (never serve.env, which clusters share): Ray on a one-machine node address,
+# 127.0.0.1, so its own servers (GCS, raylet, workers' gRPC, agents, metrics exporters) listen
+# on loopback instead of every interface (docs/deploy.md, "Which ports are reachable").
+LOCAL_RAY_ENV ?= RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
 DEMO_DATA ?= data/synthetic
 DEMO_IMAGES ?= 3000
@@ -13,7 +18,7 @@ DEMO_STORE ?= models
 DEMO_TRAIN_ARGS ?= --backbone resnet18 --image-size 64 --epochs 4 --batch-size 32 \
 	--num-workers 2 --dataloader-workers 0 --lr 2e-3
 
-.PHONY: install test test-fast test-reliability lint format demo data train serve bench clean
+.PHONY: install test test-fast test-reliability lint format demo data train serve serve-env bench clean
 
 install: $(VENV)/.installed
 
@@ -54,9 +59,14 @@ serve: install
 	@echo "  API         curl -F image=@$(DEMO_DATA)/img_align_celeba/000001.jpg http://127.0.0.1:8000/classify"
 	@echo "  OpenAPI     http://127.0.0.1:8000/openapi.json"
 	@echo "  Dashboard   http://127.0.0.1:8265  (Serve tab: replicas and autoscaling)"
+	@echo "              asks for Ray's auth token: paste the output of"
+	@echo "              RAY_AUTH_MODE=token $(BIN)/ray get-auth-token   (file: ~/.ray/auth_token)"
 	@echo "  Ctrl-C stops everything."
 	@echo ""
-	env $(SERVE_ENV) $(BIN)/serve run config.yaml
+	env $(LOCAL_RAY_ENV) env $(SERVE_ENV) $(BIN)/serve run config.yaml
+
+serve-env:  ## the environment `make serve` gives `serve run`, one NAME=value a line (tests read it)
+	@printf '%s\n' RAY_AUTH_MODE=$(RAY_AUTH_MODE) $(LOCAL_RAY_ENV) $(SERVE_ENV)
 
 demo: train serve
 
