@@ -297,7 +297,7 @@ def test_page_csp_allows_exactly_its_inline_blocks(served):
     [
         ("GET", "/metadata", 200),
         ("GET", "/healthz", 200),
-        ("POST", "/classify", 400),
+        ("POST", "/classify", 415),
         ("GET", "/no-such-page", 404),
         ("GET", "/classify", 405),
     ],
