@@ -5,7 +5,7 @@ both through the served artifact and the serving code, on CPU.
     python -m bench.decode_paths --model-uri models/face-attributes/latest \
         --data-dir data/synthetic [--split val] [--precision float32]
 
-Prints and writes bench/results/decode-paths.json.
+Prints and writes bench/results/decode-paths-<precision>.json.
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def main() -> None:
     result = evaluate(args.model_uri, args.data_dir, args.split, args.precision)
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "decode-paths.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"decode-paths-{args.precision}.json").write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,13 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 DEFAULT_MODEL_URI = "models/face-attributes/latest"
 
 
+def fingerprint(config: BaseModel) -> str:
+    """A short id of a config, shown in /metadata (serving.args_id, serving.config_id): a tool
+    that applied a config sees it took effect without the config's paths being published."""
+    canonical = json.dumps(config.model_dump(mode="json"), sort_keys=True).encode()
+    return hashlib.sha256(canonical).hexdigest()[:16]
+
+
 class AppArgs(BaseModel):
     """``args:`` of the application in config.yaml (see ``serve_app.app:build_app``)."""
 
@@ -67,6 +74,9 @@ class AppArgs(BaseModel):
                 data["precision"] = "float16"
         return data
 
+    def fingerprint(self) -> str:
+        return fingerprint(self)
+
     @property
     def max_body_bytes(self) -> int:
         return int(self.max_body_mb * 1024 * 1024)
@@ -92,7 +102,4 @@ class ModelConfig(BaseModel):
     )
 
     def fingerprint(self) -> str:
-        """A short id of this config, shown in /metadata (serving.config_id): a tool that
-        applied a config sees it took effect without the config's paths being published."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True).encode()
-        return hashlib.sha256(canonical).hexdigest()[:16]
+        return fingerprint(self)

@@ -261,6 +261,7 @@ class Ingress:
     async def _metadata(self, request: Request) -> Response:
         meta = await self._describe()  # public fields only: no paths (face_attribute_model.py)
         meta["serving"]["decode_on"] = self._args.decode_on
+        meta["serving"]["args_id"] = self._args.fingerprint()
         return JSONResponse(meta)
 
     async def _openapi(self, request: Request) -> Response:

@@ -120,14 +120,18 @@ class ServeTestbed:
         status = serve.status().applications.get(APP_NAME)
         if status is None or status.status != "RUNNING":
             return False
-        from serve_app.config import ModelConfig
+        from serve_app.config import AppArgs, ModelConfig
 
         wanted = deployment(config["applications"][0], "FaceAttributeModel")["user_config"]
         meta = self.http.get("/metadata")
         if meta.status_code != 200:
             return False
         serving = meta.json()["serving"]
-        return serving["config_id"] == ModelConfig.model_validate(wanted).fingerprint()
+        args = AppArgs.model_validate(config["applications"][0]["args"])
+        return (
+            serving["config_id"] == ModelConfig.model_validate(wanted).fingerprint()
+            and serving["args_id"] == args.fingerprint()
+        )
 
     def metadata(self) -> dict:
         return self.http.get("/metadata").json()

@@ -145,3 +145,18 @@ def test_a_new_version_that_prepares_pixels_differently_is_never_fed_stale_pixel
         np.testing.assert_allclose(probabilities(served), as_nearest, atol=1e-3)
     finally:
         serve_testbed.deploy(serve_testbed.base_config())
+
+
+def test_half_precision_serves_end_to_end_on_cpu(serve_testbed):
+    """precision: float16 with device: cpu runs a GPU replica's path (cast, freeze, normalise,
+    warm up, chunk) behind real HTTP; `fp16: true` (older configs) means the same."""
+    serve_testbed.deploy(serve_testbed.base_config())
+    files = {"image": ("red.jpg", images.solid(images.RED), "image/jpeg")}
+    full = probabilities(serve_testbed.http.post("/classify", files=files))
+    serve_testbed.deploy(with_args(serve_testbed, fp16=True))
+    try:
+        assert serve_testbed.metadata()["serving"]["dtype"] == "float16"
+        half = probabilities(serve_testbed.http.post("/classify", files=files))
+        assert np.abs(half - full).max() < 0.01
+    finally:
+        serve_testbed.deploy(serve_testbed.base_config())
