@@ -38,12 +38,13 @@ LOOPBACK_V6 = "::1"
 class Proc:
     pid: int
     started: int  # clock ticks after boot (field 22 of /proc/<pid>/stat): tells reuse apart
-    name: str  # comm, e.g. "raylet", "gcs_server", "haproxy", "ray::HAProxyManager"
+    name: str  # comm, e.g. "raylet", "gcs_server", "haproxy", "ray::HAProxyMan"
     cmdline: str
+    state: str = "R"  # "Z": exited, waiting for its parent to reap it
 
     def alive(self) -> bool:
         current = read_proc(self.pid)
-        return current is not None and current.started == self.started
+        return current is not None and current.started == self.started and current.state != "Z"
 
 
 @dataclass(frozen=True)
@@ -69,7 +70,7 @@ def read_proc(pid: int) -> Proc | None:
     # comm is in parentheses and may hold spaces; the fields after it are space separated.
     name = stat[stat.index("(") + 1 : stat.rindex(")")]
     fields = stat[stat.rindex(")") + 2 :].split()
-    return Proc(pid, int(fields[19]), name, cmdline.strip())
+    return Proc(pid, int(fields[19]), name, cmdline.strip(), fields[0])
 
 
 def parent_links() -> dict[int, int]:
@@ -243,6 +244,7 @@ class ServeRun:
 
     def survivors(self) -> list[Proc]:
         """Processes of this run still alive: seen in the tree, or haproxy of its node."""
+        self.proc.poll()  # reap `serve run` itself once it has exited
         alive = [p for p in self.seen.values() if p.alive()]
         return alive + [p for p in self.stray_haproxies() if p not in alive]
 
