@@ -179,17 +179,15 @@ def write_payload_artifact(store: Path) -> Path:
     """A copy of the tiny test model whose name, version and backbone are PAYLOADS; returns
     its version directory. write_tiny_artifact fixes the backbone, so the copy is saved again
     through model_store.save_artifact (which fills in name, version and checksums)."""
-    from model_store import load_artifact, save_artifact
+    from model_store import save_artifact
     from tests.artifacts import write_tiny_artifact
 
-    scratch = store / "payload-scratch"
-    tiny = write_tiny_artifact(str(scratch), version="v1")
+    tiny = write_tiny_artifact(str(store / "payload-scratch"), version="v1")
     metadata = tiny.metadata.model_dump(exclude={"name", "version", "sha256", "created_at"})
     metadata["backbone"] = PAYLOADS["backbone"]
-    saved = load_artifact(tiny.uri)
     if not (store / PAYLOADS["name"] / PAYLOADS["version"]).exists():
         save_artifact(
-            str(store), PAYLOADS["name"], saved.model_bytes, metadata, version=PAYLOADS["version"]
+            str(store), PAYLOADS["name"], tiny.model_bytes, metadata, version=PAYLOADS["version"]
         )
     return store / PAYLOADS["name"] / PAYLOADS["version"]
 
