@@ -20,7 +20,7 @@ from tests.config_diff import (
     differing_keys,
     serve_env,
 )
-from tests.harness import ROOT
+from tests.harness import ROOT, deployment
 from tests.required import require
 
 pytestmark = pytest.mark.deploy
@@ -211,9 +211,8 @@ def test_rayjob_entrypoint_parses_with_the_training_cli():
     args = build_parser().parse_args(argv[3:])
     cfg = TrainConfig(**vars(args))
     assert cfg.use_gpu and cfg.num_workers == 2
-    service_uri = yaml.safe_load(manifest("RayService")["spec"]["serveConfigV2"])["applications"][
-        0
-    ]["deployments"][0]["user_config"]["model_uri"]
+    service_app = yaml.safe_load(manifest("RayService")["spec"]["serveConfigV2"])["applications"][0]
+    service_uri = deployment(service_app, "FaceAttributeModel")["user_config"]["model_uri"]
     assert (
         service_uri == f"{cfg.model_store}/{cfg.model_name}/latest"
     )  # the store the service reads
