@@ -6,11 +6,17 @@ Writes 178x218 JPEGs to DIR/img_align_celeba/ plus the attribute and partition f
 Kaggle's CSV layout (default) or the original release's text layout. RENDERED attributes are
 drawn visibly (and reproducibly: image i depends only on seed and i); the rest are drawn at
 random with CelebA's base rates and are not learnable, by design.
+
+It also writes DIR/attribute_regions.json (REGIONS_FILE), which training never reads: where each
+visible, localised attribute of each image was drawn, as boxes in the 178x218 image's pixels,
+``{"000001.jpg": {"Eyeglasses": [[x0, y0, x1, y1], ...], ...}, ...}`` with x1, y1 exclusive and
+the boxes clipped to the image. tests/test_explain.py checks explanation maps against them.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from concurrent.futures import ProcessPoolExecutor
@@ -55,6 +61,15 @@ HAIR_RATES = {
 RENDERED = tuple(
     sorted({*RENDERED_RATES, "Black_Hair", "Blond_Hair", "Brown_Hair", "Gray_Hair", "No_Beard"})
 )
+REGIONS_FILE = "attribute_regions.json"
+Box = tuple[int, int, int, int]  # x0, y0, x1, y1 in image pixels; x1, y1 exclusive
+# The attributes drawn in one place, whose boxes REGIONS_FILE records (the rest, such as hair
+# colour, skin, Male or Blurry, change the whole face).
+LOCALISED = (
+    "Bangs", "Bushy_Eyebrows", "Eyeglasses", "Goatee", "Heavy_Makeup", "Mouth_Slightly_Open",
+    "Mustache", "Rosy_Cheeks", "Smiling", "Wearing_Earrings", "Wearing_Hat", "Wearing_Lipstick",
+    "Wearing_Necklace", "Wearing_Necktie",
+)  # fmt: skip
 
 
 def draw_attributes(rng: np.random.Generator) -> dict[str, bool]:
@@ -70,7 +85,30 @@ def draw_attributes(rng: np.random.Generator) -> dict[str, bool]:
 
 
 def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> Image.Image:
+    return render_face_with_regions(attrs, rng)[0]
+
+
+def _box(x0: int, y0: int, x1: int, y1: int) -> Box:
+    """PIL's inclusive drawing bounds -> an exclusive box clipped to the image."""
+    return (
+        max(0, x0),
+        max(0, y0),
+        min(IMAGE_WIDTH, x1 + 1),
+        min(IMAGE_HEIGHT, y1 + 1),
+    )
+
+
+def render_face_with_regions(
+    attrs: dict[str, bool], rng: np.random.Generator
+) -> tuple[Image.Image, dict[str, list[Box]]]:
+    """The face, and the boxes where each LOCALISED attribute that is on was drawn. Draws the
+    same random numbers as ever: image i of a seed is the same image with or without regions."""
     W, H = IMAGE_WIDTH, IMAGE_HEIGHT
+    regions: dict[str, list[Box]] = {}
+
+    def drawn(attribute: str, *box: int) -> None:
+        regions.setdefault(attribute, []).append(_box(*box))
+
     background = tuple(int(v) for v in rng.integers(40, 220, size=3))
     img = Image.new("RGB", (W, H), background)
     d = ImageDraw.Draw(img)
@@ -94,8 +132,10 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> Image.Image
             [(cx - 9, cy + fh + 14), (cx + 9, cy + fh + 14), (cx + 14, H), (cx - 14, H)],
             fill=(200, 20, 40),
         )
+        drawn("Wearing_Necktie", cx - 14, cy + fh + 14, cx + 14, H)
     if attrs["Wearing_Necklace"]:
         d.arc([cx - 30, cy + fh - 14, cx + 30, cy + fh + 30], 15, 165, fill=(250, 215, 0), width=8)
+        drawn("Wearing_Necklace", cx - 30, cy + fh - 14, cx + 30, cy + fh + 30)
 
     long_hair = not attrs["Male"] and not attrs["Bald"]
     if long_hair:  # hair falling behind the face to the shoulders
@@ -105,29 +145,38 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> Image.Image
         d.chord([cx - fw - 4, cy - fh - 10, cx + fw + 4, cy + fh // 3], 180, 360, fill=hair)
         if attrs["Bangs"]:  # a fringe down to the eyebrows
             d.rectangle([cx - fw + 4, cy - fh // 2 - 4, cx + fw - 4, cy - fh // 4 + 4], fill=hair)
+            drawn("Bangs", cx - fw + 4, cy - fh // 2 - 4, cx + fw - 4, cy - fh // 4 + 4)
     if attrs["Wearing_Hat"]:
         d.rectangle(
             [cx - fw - 12, cy - fh // 2 - 10, cx + fw + 12, cy - fh // 2 + 2], fill=(30, 120, 60)
         )
         d.rectangle([cx - fw + 4, cy - fh - 22, cx + fw - 4, cy - fh // 2 - 8], fill=(30, 120, 60))
+        drawn("Wearing_Hat", cx - fw - 12, cy - fh // 2 - 10, cx + fw + 12, cy - fh // 2 + 2)
+        drawn("Wearing_Hat", cx - fw + 4, cy - fh - 22, cx + fw - 4, cy - fh // 2 - 8)
 
     ey = cy - fh // 6
     for side in (-1, 1):
         ex = cx + side * fw // 2
         brow = 9 if attrs["Bushy_Eyebrows"] else 2
         d.line([ex - 12, ey - 15, ex + 12, ey - 15], fill=dark, width=brow)
+        if attrs["Bushy_Eyebrows"]:
+            drawn("Bushy_Eyebrows", ex - 12, ey - 15 - brow // 2, ex + 12, ey - 15 + brow // 2)
         if attrs["Heavy_Makeup"]:
             d.ellipse([ex - 16, ey - 12, ex + 16, ey + 10], fill=(40, 70, 230))
+            drawn("Heavy_Makeup", ex - 16, ey - 12, ex + 16, ey + 10)
         d.ellipse([ex - 8, ey - 5, ex + 8, ey + 5], fill=(255, 255, 255))
         d.ellipse([ex - 4, ey - 4, ex + 4, ey + 4], fill=dark)
         if attrs["Eyeglasses"]:
             d.ellipse([ex - 15, ey - 12, ex + 15, ey + 12], outline=(10, 10, 10), width=4)
         if attrs["Rosy_Cheeks"]:
             d.ellipse([ex - 14, ey + 14, ex + 12, ey + 34], fill=(255, 60, 110))
+            drawn("Rosy_Cheeks", ex - 14, ey + 14, ex + 12, ey + 34)
         if attrs["Wearing_Earrings"]:
             d.ellipse([cx + side * fw - 6, cy + 4, cx + side * fw + 6, cy + 16], fill=(250, 210, 0))
+            drawn("Wearing_Earrings", cx + side * fw - 6, cy + 4, cx + side * fw + 6, cy + 16)
     if attrs["Eyeglasses"]:
         d.line([cx - fw // 2 + 15, ey, cx + fw // 2 - 15, ey], fill=(10, 10, 10), width=4)
+        drawn("Eyeglasses", cx - fw // 2 - 15, ey - 12, cx + fw // 2 + 15, ey + 12)
 
     d.polygon(
         [(cx, ey + 4), (cx - 6, ey + 26), (cx + 6, ey + 26)],
@@ -138,26 +187,34 @@ def render_face(attrs: dict[str, bool], rng: np.random.Generator) -> Image.Image
     if attrs["Smiling"]:  # a wide upturned crescent showing white teeth
         d.chord([cx - 26, my - 22, cx + 26, my + 14], 10, 170, fill=lips)
         d.chord([cx - 18, my - 16, cx + 18, my + 6], 15, 165, fill=(255, 255, 255))
+        mouth = (cx - 26, my - 4, cx + 26, my + 14)  # the chord is the ellipse's lower half
+        drawn("Smiling", *mouth)
     else:
         d.rectangle([cx - 16, my - 4, cx + 16, my + 4], fill=lips)
+        mouth = (cx - 16, my - 4, cx + 16, my + 4)
+    if attrs["Wearing_Lipstick"]:
+        drawn("Wearing_Lipstick", *mouth)
     if attrs["Mouth_Slightly_Open"]:
         d.ellipse([cx - 9, my - 3, cx + 9, my + 10], fill=(40, 0, 5))
+        drawn("Mouth_Slightly_Open", cx - 9, my - 3, cx + 9, my + 10)
     if attrs["Mustache"]:
         d.rectangle([cx - 20, my - 17, cx + 20, my - 9], fill=dark)
+        drawn("Mustache", cx - 20, my - 17, cx + 20, my - 9)
     if attrs["Goatee"]:
         d.ellipse([cx - 14, my + 14, cx + 14, cy + fh + 2], fill=dark)
+        drawn("Goatee", cx - 14, my + 14, cx + 14, cy + fh + 2)
     if attrs["Blurry"]:
         img = img.filter(ImageFilter.GaussianBlur(3))
-    return img
+    return img, regions
 
 
-def _write_one(args: tuple[int, int, str]) -> list[int]:
+def _write_one(args: tuple[int, int, str]) -> tuple[list[int], dict[str, list[Box]]]:
     index, seed, images_dir = args
     rng = np.random.default_rng([seed, index])
     attrs = draw_attributes(rng)
-    img = render_face(attrs, rng)
+    img, regions = render_face_with_regions(attrs, rng)
     img.save(os.path.join(images_dir, image_name(index)), "JPEG", quality=90)
-    return [1 if attrs[name] else -1 for name in ATTRIBUTES]
+    return [1 if attrs[name] else -1 for name in ATTRIBUTES], regions
 
 
 def image_name(index: int) -> str:
@@ -180,10 +237,16 @@ def generate(
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and num_images >= 200:
         with ProcessPoolExecutor(workers) as pool:
-            rows = list(pool.map(_write_one, jobs, chunksize=64))
+            written = list(pool.map(_write_one, jobs, chunksize=64))
     else:
-        rows = [_write_one(job) for job in jobs]
+        written = [_write_one(job) for job in jobs]
+    rows = [row for row, _ in written]
     names = [image_name(i) for i in range(num_images)]
+    regions = {
+        n: {a: [list(b) for b in boxes] for a, boxes in r.items()}
+        for n, (_, r) in zip(names, written)
+    }
+    (out / REGIONS_FILE).write_text(json.dumps(regions, separators=(",", ":")))
     parts = [partition_of(i, num_images) for i in range(num_images)]
     if layout == "kaggle":
         with open(out / ATTR_CSV, "w") as f:
