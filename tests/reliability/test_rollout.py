@@ -8,6 +8,7 @@ import shutil
 
 import pytest
 
+from model_store.integrity import artifact_digest
 from tests import images
 from tests.harness import wait_for
 from tests.reliability.helpers import LoadGenerator, percentile
@@ -50,6 +51,14 @@ def _truncate_with_matching_checksum(path):
     model.write_bytes(data)
     meta = json.loads((path / "metadata.json").read_text())
     meta["sha256"] = hashlib.sha256(data).hexdigest()
+    # Re-sealed as an exporter would, so the loader itself is what refuses the file.
+    meta["digest"] = artifact_digest(meta["sha256"], meta)
+    (path / "metadata.json").write_text(json.dumps(meta))
+
+
+def _edit_threshold(path):
+    meta = json.loads((path / "metadata.json").read_text())
+    meta["threshold"] = 0.05  # still valid metadata: only the digest can tell
     (path / "metadata.json").write_text(json.dumps(meta))
 
 
@@ -71,6 +80,7 @@ def _flip_a_byte(path):
     [
         (_flip_a_byte, "sha256 mismatch"),
         (_truncate_with_matching_checksum, "not a loadable TorchScript file"),
+        (_edit_threshold, "digest mismatch"),
         (_drop_labels, "labels"),
     ],
 )
