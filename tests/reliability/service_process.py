@@ -214,9 +214,12 @@ class ServeRun:
         def ready() -> bool:
             if self.proc.poll() is not None:
                 raise AssertionError(f"serve run exited {self.proc.returncode}:\n{self.log()}")
-            # HAProxy's own health check: 200 once a replica of the app is up (the app's
-            # routes are not what these tests are about).
-            return httpx.get(f"{self.url}/-/healthz", timeout=5).status_code == 200
+            # HAProxy's own health check (200 once a replica is up; on the head node also
+            # before), and both deployments' replicas running, so their ports are listed too.
+            # The app's own routes are not what these tests are about.
+            replicas = [p for p in self.processes() if p.name.startswith("ray::ServeRepli")]
+            healthy = httpx.get(f"{self.url}/-/healthz", timeout=5).status_code == 200
+            return healthy and len(replicas) >= 2
 
         try:
             wait_for(ready, timeout, "serve run to answer /-/healthz", interval=1)
