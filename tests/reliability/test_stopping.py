@@ -15,6 +15,7 @@ import os
 import re
 import signal
 import subprocess
+import time
 
 import httpx
 import pytest
@@ -84,7 +85,23 @@ def ray_stop(run: ServeRun) -> None:
     )
 
 
-WAYS = [ctrl_c, sigterm, serve_shutdown, ray_stop, sigkill]
+def sigterm_group_then_force_stop(run: ServeRun) -> None:
+    """The way issue #11 saw an orphan: SIGTERM to `serve run`'s process group (GCS and raylet
+    are in it, the workers are not), then `ray stop --force` (SIGKILL to Ray's processes by
+    name; haproxy is not one of them)."""
+    others = other_ray_instances(run)
+    if others:
+        pytest.skip(f"`ray stop` would also stop the other Ray instances here (GCS pids {others})")
+    os.killpg(run.proc.pid, signal.SIGTERM)
+    time.sleep(2)
+    subprocess.run(
+        [str(RAY_BIN), "stop", "--force"],
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        timeout=120,
+    )
+
+
+WAYS = [ctrl_c, sigterm, serve_shutdown, ray_stop, sigterm_group_then_force_stop, sigkill]
 
 
 @pytest.fixture(scope="module")
