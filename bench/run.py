@@ -3,7 +3,8 @@
 For each backbone: the model-only limit, then `serve run` of config.yaml (model_uri pointed at
 the benchmark artifact) and the hand-written Starlette baseline, each loaded by a separate
 process (nice 19) at concurrency 1..64 with a CelebA-sized JPEG, plus a 1920x1080 photo for
-Serve. Writes bench/results/latest.json, bench/results/serving.png and a Markdown table.
+Serve. Writes bench/results/TAG.json, TAG.png (plot) and TAG.md (Markdown table, also
+printed); TAG is --tag, latest by default.
 Everything is bounded in time and stays on 127.0.0.1.
 """
 

@@ -1,10 +1,14 @@
-"""The LightningModule: backbone + 40-way head, BCE-with-logits, AdamW + one-cycle schedule,
-epoch-level multilabel AUROC (torchmetrics accumulates the whole epoch and syncs across DDP
-ranks before computing, so it is not a mean of per-batch AUROCs)."""
+"""The LightningModule: backbone + 40-way head, BCE-with-logits, AdamW with linear warm-up then
+cosine decay (lr_factor), epoch-level multilabel AUROC on val (torchmetrics accumulates the whole
+epoch and syncs across DDP ranks before computing, so it is not a mean of per-batch AUROCs).
+
+No test step: the test split is evaluated once, on the exported TorchScript model
+(train_job.export), so the figures in the artifact are those of the file that is served."""
 
 from __future__ import annotations
 
 import math
+import warnings
 
 import lightning.pytorch as pl
 import torch
@@ -48,8 +52,6 @@ class FaceAttributeClassifier(pl.LightningModule):
         self.loss = nn.BCEWithLogitsLoss()
         self.val_auroc = MultilabelAUROC(num_labels=len(labels), average=None)
         self.val_balance = LabelBalance(len(labels))
-        self.test_auroc = MultilabelAUROC(num_labels=len(labels), average=None)
-        self.test_balance = LabelBalance(len(labels))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) normalised -> (N, num_labels) logits."""
@@ -61,36 +63,31 @@ class FaceAttributeClassifier(pl.LightningModule):
         self.log("train_loss", loss, prog_bar=True, on_step=True, on_epoch=True, sync_dist=True)
         return loss
 
-    def _eval_step(self, batch, stage: str, auroc: MultilabelAUROC, balance: LabelBalance):
+    def validation_step(self, batch, batch_idx):
         images, targets = batch
         logits = self(images)
-        self.log(f"{stage}_loss", self.loss(logits, targets), prog_bar=True, sync_dist=True)
-        auroc.update(torch.sigmoid(logits), targets.int())
-        balance.update(targets)
-
-    def validation_step(self, batch, batch_idx):
-        self._eval_step(batch, "val", self.val_auroc, self.val_balance)
-
-    def test_step(self, batch, batch_idx):
-        self._eval_step(batch, "test", self.test_auroc, self.test_balance)
-
-    def _log_auroc(self, stage: str, auroc: MultilabelAUROC, balance: LabelBalance) -> None:
-        per_label = auroc.compute()  # (num_labels,), synced over all ranks
-        defined = balance.compute()
-        macro = per_label[defined].mean() if defined.any() else torch.tensor(0.5)
-        # Already reduced across ranks by torchmetrics: no sync_dist needed.
-        self.log(f"{stage}_auroc", macro, prog_bar=True)
-        for name, value, ok in zip(self.labels, per_label, defined):
-            if ok:
-                self.log(f"{stage}_auroc/{name}", value)
-        auroc.reset()
-        balance.reset()
+        self.log("val_loss", self.loss(logits, targets), prog_bar=True, sync_dist=True)
+        self.val_auroc.update(torch.sigmoid(logits), targets.int())
+        self.val_balance.update(targets)
 
     def on_validation_epoch_end(self) -> None:
-        self._log_auroc("val", self.val_auroc, self.val_balance)
-
-    def on_test_epoch_end(self) -> None:
-        self._log_auroc("test", self.test_auroc, self.test_balance)
+        with warnings.catch_warnings():
+            # A label with no positives in val warns here; LabelBalance leaves it out below.
+            warnings.filterwarnings("ignore", "No positive samples", UserWarning)
+            per_label = self.val_auroc.compute()  # (num_labels,), synced over all ranks
+        defined = self.val_balance.compute()  # (num_labels,) bool
+        macro = per_label[defined].mean() if defined.any() else torch.tensor(0.5)
+        # Both are already reduced across ranks by torchmetrics, so every rank holds the same
+        # values. sync_dist=True makes Lightning's mean over ranks a no-op on them instead of
+        # warning once per key that an epoch-level value is not synced. The price is one scalar
+        # all-reduce per key: 23-34 ms per epoch for the 41 keys (gloo, 2 CPU ranks, 2-core box).
+        self.log("val_auroc", macro, prog_bar=True, sync_dist=True)
+        self.log_dict(
+            {f"val_auroc/{n}": v for n, v, ok in zip(self.labels, per_label, defined) if ok},
+            sync_dist=True,
+        )
+        self.val_auroc.reset()
+        self.val_balance.reset()
 
     def lr_factor(self, step: int) -> float:
         """Linear warm-up over 10% of the steps, then cosine decay to 1%. The total is read at
