@@ -11,6 +11,7 @@ import os
 import platform
 import sys
 import time
+import warnings
 from typing import Any
 
 import lightning
@@ -51,7 +52,11 @@ def evaluate(
             probs = model(images.to(device))
             auroc.update(probs, targets.to(device).int())
             balance.update(targets.to(device))
-    per_label, defined = auroc.compute().cpu(), balance.compute().cpu()
+    with warnings.catch_warnings():
+        # Labels with no positives in the split: LabelBalance leaves them out of the mean.
+        warnings.filterwarnings("ignore", "No positive samples", UserWarning)
+        per_label = auroc.compute().cpu()
+    defined = balance.compute().cpu()
     return {
         "auroc": round(float(per_label[defined].mean()), 5) if defined.any() else None,
         "per_label": {n: round(float(v), 5) for n, v, ok in zip(labels, per_label, defined) if ok},
