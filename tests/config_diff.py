@@ -56,3 +56,9 @@ def serve_env() -> dict[str, str]:
     """serve.env: the environment Ray starts with wherever the project runs Serve."""
     lines = (Path(__file__).resolve().parents[1] / "serve.env").read_text().splitlines()
     return dict(line.split("=", 1) for line in lines if line.strip() and not line.startswith("#"))
+
+
+def local_serve_env() -> dict[str, str]:
+    """serve.env with its repository-relative paths made absolute, as `make serve` passes it."""
+    root = Path(__file__).resolve().parents[1]
+    return {k: str(root / v) if v.startswith("serve_app/") else v for k, v in serve_env().items()}

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import sys
 
-from tests.config_diff import serve_env
+from tests.config_diff import local_serve_env
 
 # `ray job submit -- python ...` runs `python` from the cluster's PATH: make it this venv's.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
@@ -17,12 +17,20 @@ os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.g
 os.environ.setdefault("RAY_AUTH_MODE", "token")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("RAY_DEDUP_LOGS", "0")
-# The tests run Serve the way the project ships it (serve.env): HAProxy, direct ingress.
-os.environ.update({**serve_env(), **os.environ})
+# The tests run Serve the way the project ships it (serve.env): HAProxy, direct ingress, with
+# the HAProxy guard's path made absolute as `make serve` does (pytest runs from any directory).
+os.environ.update({**local_serve_env(), **os.environ})
 
 import pytest
 
 from tests.harness import RayCluster, ServeTestbed, free_port
+
+
+def pytest_collection_modifyitems(items):
+    """Tests that stop every Ray instance on the machine (`ray stop`) run first, before the
+    session's shared Ray starts; started later they would have to skip."""
+    first = [i for i in items if "stops_ray" in i.keywords]
+    items[:] = first + [i for i in items if "stops_ray" not in i.keywords]
 
 
 @pytest.fixture(scope="session")
