@@ -61,6 +61,25 @@ class AppArgs(BaseModel):
         default=128, ge=1, description="images waiting for a model call above which: 503"
     )
 
+    # POST /explain (serve_app/explain.py): each explanation costs explain_grid**2 forwards.
+    explain_max_in_flight: int = Field(
+        default=4,
+        ge=1,
+        le=256,
+        description="explanations this ingress replica runs at once; past it /explain answers "
+        "503 at once (the model replica bounds its own queue too: explain_max_queued_images)",
+    )
+    explain_grid: int = Field(
+        default=8, ge=2, le=16, description="default map size (grid x grid cells) of /explain"
+    )
+    explain_max_attributes: int = Field(
+        default=3,
+        ge=1,
+        le=40,
+        description="attributes /explain maps when none is asked for: the most probable at or "
+        "above the threshold, at most this many",
+    )
+
     @model_validator(mode="before")
     @classmethod
     def _fp16_means_float16(cls, data: Any) -> Any:
@@ -94,6 +113,23 @@ class ModelConfig(BaseModel):
     )
     max_batch_size: int = Field(default=16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=1.0)
+    # Explanations have their own queue on the model replica so they never starve predictions.
+    explain_batch_images: int = Field(
+        default=4, ge=1, le=64, description="images explained together in one explain batch"
+    )
+    explain_max_queued_images: int = Field(
+        default=8,
+        ge=1,
+        le=1024,
+        description="images waiting for an explanation on a replica past which: 503",
+    )
+    explain_chunk_size: int = Field(
+        default=16,
+        ge=1,
+        le=1024,
+        description="occluded copies per forward pass; prediction batches run between chunks, "
+        "so a /classify waits at most one chunk behind an explanation",
+    )
     trusted_public_key: str | None = Field(
         default=None,
         description="ed25519 public key (PEM file path or PEM text): only artifacts signed by "

@@ -22,6 +22,15 @@ from ray import serve
 from model_store import ArtifactError, resolve_model_uri
 from serve_app.batching import BatchWhenFree
 from serve_app.config import ModelConfig
+from serve_app.explain import (
+    ExplainCall,
+    Explanations,
+    forward_normalised,
+    keep_masks,
+    normalise,
+    occluded_probabilities,
+    occlusion_maps,
+)
 from serve_app.inference import (
     ForwardStats,
     InferenceThread,
@@ -118,6 +127,17 @@ class FaceAttributeModel:
             defaults.batch_wait_timeout_s,
             size_of=len,
         )
+        # Explanations queue apart from predictions, bounded (a full queue raises QueueFull: the
+        # ingress answers 503), one explain batch at a time: they share the inference thread,
+        # where a second batch would only interleave with the first and delay both.
+        self._explainer: BatchWhenFree[ExplainCall, Explanations] = BatchWhenFree(
+            self._explain_calls,
+            defaults.explain_batch_images,
+            0.0,
+            max_queued=defaults.explain_max_queued_images,
+            size_of=len,
+        )
+        self._explain_chunk = defaults.explain_chunk_size
         # {batch size: batches} since the last reconfigure, shown in /metadata (observability).
         self._batch_sizes: Counter[int] = Counter()
         logger.info(
@@ -133,6 +153,9 @@ class FaceAttributeModel:
         only a replica with no model at all fails."""
         config = ModelConfig.model_validate(user_config)
         self._batcher.configure(config.max_batch_size, config.batch_wait_timeout_s)
+        self._explainer.configure(config.explain_batch_images, 0.0)
+        self._explainer.max_queued = config.explain_max_queued_images
+        self._explain_chunk = config.explain_chunk_size
         key_changed = self._config is not None and (
             config.trusted_public_key != self._config.trusted_public_key
         )
@@ -242,8 +265,63 @@ class FaceAttributeModel:
                 results.append(_predictions(model, None, mismatch=mismatch))
         return results
 
+    async def explain(self, images: np.ndarray, spec: PreprocessSpec, grid: int) -> Explanations:
+        """images: uint8 (N, 3, H, W) prepared with ``spec`` -> probabilities and the occlusion
+        maps of every label (serve_app/explain.py). Raises QueueFull when more than
+        explain_max_queued_images images wait."""
+        return await self._explainer.submit(ExplainCall(images, spec, grid))
 
-def _prepared_for(call: ModelCall, spec: PreprocessSpec) -> bool:
+    async def _explain_calls(self, calls: list[ExplainCall]) -> list[Explanations]:
+        """The occluded copies of a batch run in chunks of explain_chunk_size, each its own job
+        on the inference thread: prediction batches that arrive meanwhile run between chunks
+        instead of behind the whole explanation."""
+        model = self._model
+        if model is None:
+            raise ModelNotReady(f"no model loaded: {self._last_error}")
+        answers: dict[int, Explanations] = {}
+        runnable = [c for c in calls if _prepared_for(c, model.spec)]
+        for grid in sorted({c.grid for c in runnable}):
+            group = [c for c in runnable if c.grid == grid]
+            pixels = np.concatenate([c.pixels for c in group])
+            base, maps = await self._occlusion(model, pixels, grid)
+            start = 0
+            for call in group:
+                rows = slice(start, start + len(call))
+                answers[id(call)] = _explanations(model, grid, base[rows], maps[rows])
+                start += len(call)
+        mismatch = _explanations(model, 0, None, None, SpecMismatch(model.spec))
+        return [answers.get(id(call), mismatch) for call in calls]
+
+    async def _occlusion(
+        self, model: LoadedModel, pixels: np.ndarray, grid: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(N, 3, H, W) uint8 -> probabilities (N, L) and maps (N, L, grid, grid)."""
+        run = self._inference.run
+        x = await run(normalise, model, pixels)
+        masks = await run(keep_masks, model.spec.input_size, grid, model.device)
+        base = await run(forward_normalised, model, x)
+        total, chunk = len(pixels) * len(masks), self._explain_chunk
+        parts = [
+            await run(occluded_probabilities, model, x, masks, s, min(total, s + chunk))
+            for s in range(0, total, chunk)
+        ]
+        return base, occlusion_maps(base, np.concatenate(parts), grid)
+
+
+def _explanations(
+    model: LoadedModel,
+    grid: int,
+    probs: np.ndarray | None,
+    maps: np.ndarray | None,
+    mismatch: SpecMismatch | None = None,
+) -> Explanations:
+    meta = model.metadata
+    return Explanations(
+        meta.name, meta.version, tuple(meta.labels), meta.threshold, grid, probs, maps, mismatch
+    )
+
+
+def _prepared_for(call: ModelCall | ExplainCall, spec: PreprocessSpec) -> bool:
     pixels = call.pixels
     return (
         call.spec == spec

@@ -23,9 +23,20 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from serve_app.batching import QueueFull
 from serve_app.config import AppArgs
 from serve_app.decode import decode_image, inspect_image
-from serve_app.errors import ApiError, model_unavailable
+from serve_app.errors import ApiError, model_unavailable, overloaded
+from serve_app.explain import (
+    ExplainQuery,
+    Explanations,
+    check_attributes,
+    choose_attributes,
+    encode_explanations,
+    overlay_png,
+    photo_for_overlay,
+    png_panels,
+)
 from serve_app.metrics import IngressMetrics
 from serve_app.model_client import MAX_CALL_BYTES, DecodedImage, ModelClient
 from serve_app.multipart import parse_multipart
@@ -100,10 +111,13 @@ class Ingress:
         self._spec: PreprocessSpec | None = None  # the serving model's, as last seen
         self._spec_lock = asyncio.Lock()
         self._metrics = IngressMetrics()
+        self._explains_running = 0  # at most args.explain_max_in_flight
+        self._labels: tuple[str, ...] | None = None  # the serving model's, as last seen
         self._routes: dict[tuple[str, str], Handler] = {
             ("GET", "/"): self._page,
             ("POST", "/classify"): self._classify_endpoint,
             ("POST", "/classify/batch"): self._classify_batch_endpoint,
+            ("POST", "/explain"): self._explain_endpoint,
             ("GET", "/healthz"): self._healthz,
             ("GET", "/readyz"): self._readyz,
             ("GET", "/metadata"): self._metadata,
@@ -179,6 +193,51 @@ class Ingress:
             self._spec = result.current
         raise model_unavailable("the model changed its preprocessing during this request; retry")
 
+    async def explain(self, image: bytes, grid: int) -> Explanations:
+        """decode -> explain on the model deployment, through this ingress's bound of
+        explain_max_in_flight and the model replica's own explain queue (both: a fast 503)."""
+        if self._explains_running >= self._args.explain_max_in_flight:
+            raise overloaded(
+                f"{self._explains_running} explanations already running on this replica "
+                f"(explain_max_in_flight={self._args.explain_max_in_flight}); retry shortly"
+            )
+        self._explains_running += 1
+        try:
+            explanations = await self._explain_decoded(image, grid)
+        finally:
+            self._explains_running -= 1
+        self._labels = explanations.labels
+        return explanations
+
+    async def _explain_decoded(self, image: bytes, grid: int) -> Explanations:
+        """Decoded on the ingress whatever decode_on says (the overlay needs the photo here
+        anyway); a SpecMismatch re-decodes with the new spec, as /classify does."""
+        for _ in range(3):
+            spec = self._spec or await self._fetch_spec()
+            pixels = await self._decode(image, spec)
+            answer = await self._remote_explain(pixels[None], spec, grid)
+            if answer.mismatch is None:
+                return answer
+            self._spec = answer.mismatch.current
+        raise model_unavailable("the model changed its preprocessing during this request; retry")
+
+    async def _remote_explain(
+        self, pixels: np.ndarray, spec: PreprocessSpec, grid: int
+    ) -> Explanations:
+        try:
+            # ModelClient._remote maps Ray's failures (back pressure, dead replica) to 503s.
+            return await ModelClient._remote(self._model.explain, pixels, spec, grid)
+        except QueueFull as e:  # Ray re-raises the replica's exception as its own type
+            raise overloaded(f"the model's explanation queue is full ({e}); retry shortly") from e
+
+    async def _check_attributes(self, asked: tuple[str, ...]) -> None:
+        """422 for a name the serving model does not have; labels last seen may be an older
+        version's, so a miss asks the model again before refusing."""
+        if self._labels is not None and all(a in self._labels for a in asked):
+            return
+        self._labels = tuple((await self._describe())["labels"])
+        check_attributes(asked, self._labels)
+
     async def _decode(self, image: bytes, spec: PreprocessSpec) -> np.ndarray:
         start = time.perf_counter()
         pixels = await asyncio.to_thread(decode_image, image, spec, self._args.max_image_pixels)
@@ -210,6 +269,28 @@ class Ingress:
     async def _classify_batch_endpoint(self, request: Request) -> Response:
         images = await self._read_images(request, max_images=self._args.max_batch_images)
         return JSONResponse({"results": await self.classify_many(images)})
+
+    async def _explain_endpoint(self, request: Request) -> Response:
+        query = ExplainQuery.parse(request.query_params, self._args.explain_grid)
+        image = (await self._read_images(request, max_images=1))[0]
+        if query.attributes:  # a typo is a 422 before any work, not after
+            await self._check_attributes(query.attributes)
+        answer = await self.explain(image, query.grid)
+        chosen = choose_attributes(
+            query.attributes,
+            answer.labels,
+            answer.probabilities[0],
+            answer.threshold,
+            self._args.explain_max_attributes,
+        )
+        if query.format == "json":
+            return JSONResponse(encode_explanations(answer, 0, chosen))
+        spec = self._spec or await self._fetch_spec()
+        photo = await asyncio.to_thread(photo_for_overlay, image, spec, self._args.max_image_pixels)
+        png = await asyncio.to_thread(
+            overlay_png, photo, png_panels(answer, 0, chosen), query.opacity
+        )
+        return Response(png, media_type="image/png")
 
     async def _read_images(self, request: Request, max_images: int) -> list[bytes]:
         content_type = request.headers.get("content-type", "")

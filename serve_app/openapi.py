@@ -15,7 +15,8 @@ def _error_responses(*codes: int) -> dict[str, Any]:
         404: "unknown route",
         413: "body over the size limit, or too many images",
         415: "unsupported content type",
-        422: "multipart body without an 'image' field",
+        422: "multipart body without an 'image' field; on /explain also an unknown attribute "
+        "(the detail lists the valid names) or a bad query parameter",
         503: "overloaded or no model ready; see Retry-After",
     }
     return {
@@ -101,6 +102,78 @@ def openapi_spec(args: AppArgs) -> dict[str, Any]:
                     },
                 }
             },
+            "/explain": {
+                "post": {
+                    "summary": "Per-attribute explanation maps (occlusion sensitivity) of one "
+                    "image; the same image inputs as /classify",
+                    "description": "map[i][j] = how much the attribute's probability falls when "
+                    "the patch centred on cell (i, j) of a grid x grid split of the image is "
+                    "hidden (2x2 cells, set to the training mean); row 0 at the top. One pass "
+                    "explains every attribute, so asking for more costs nothing extra. "
+                    "format=png returns the photo with the map of each attribute laid over it, "
+                    "side by side. See docs/explain.md.",
+                    "parameters": [
+                        {
+                            "name": "attribute",
+                            "in": "query",
+                            "required": False,
+                            "description": "repeatable; default: the most probable attributes at "
+                            f"or above the threshold, at most {args.explain_max_attributes} "
+                            "(the most probable one when none is)",
+                            "schema": {"type": "array", "items": {"type": "string"}},
+                            "style": "form",
+                            "explode": True,
+                        },
+                        {
+                            "name": "format",
+                            "in": "query",
+                            "required": False,
+                            "schema": {
+                                "type": "string",
+                                "enum": ["json", "png"],
+                                "default": "json",
+                            },
+                        },
+                        {
+                            "name": "grid",
+                            "in": "query",
+                            "required": False,
+                            "description": "cells per side of the map; cost grows with its square",
+                            "schema": {
+                                "type": "integer",
+                                "minimum": 2,
+                                "maximum": 16,
+                                "default": args.explain_grid,
+                            },
+                        },
+                        {
+                            "name": "opacity",
+                            "in": "query",
+                            "required": False,
+                            "description": "format=png: opacity of the hottest cells",
+                            "schema": {
+                                "type": "number",
+                                "minimum": 0,
+                                "maximum": 1,
+                                "default": 0.6,
+                            },
+                        },
+                    ],
+                    "requestBody": image_body,
+                    "responses": {
+                        "200": {
+                            "description": "OK",
+                            "content": {
+                                "application/json": {
+                                    "schema": {"$ref": "#/components/schemas/Explanations"}
+                                },
+                                "image/png": {"schema": {"type": "string", "format": "binary"}},
+                            },
+                        },
+                        **errors,
+                    },
+                }
+            },
             "/healthz": {
                 "get": {"summary": "The ingress is alive", "responses": {"200": _json_ok({})}}
             },
@@ -129,6 +202,37 @@ def openapi_spec(args: AppArgs) -> dict[str, Any]:
                     "type": "object",
                     "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
                     "required": ["error", "detail"],
+                },
+                "Explanations": {
+                    "type": "object",
+                    "properties": {
+                        "explanations": {
+                            "type": "array",
+                            "items": {
+                                "type": "object",
+                                "properties": {
+                                    "attribute": {"type": "string"},
+                                    "probability": {"type": "number"},
+                                    "map": {
+                                        "type": "array",
+                                        "description": "grid rows, top first, of grid "
+                                        "non-negative numbers each (probability drops)",
+                                        "items": {"type": "array", "items": {"type": "number"}},
+                                    },
+                                },
+                            },
+                        },
+                        "model": {
+                            "type": "object",
+                            "properties": {
+                                "name": {"type": "string"},
+                                "version": {"type": "string"},
+                            },
+                        },
+                        "method": {"type": "string", "enum": ["occlusion"]},
+                        "grid": {"type": "array", "items": {"type": "integer"}},
+                    },
+                    "required": ["explanations", "model", "method", "grid"],
                 },
                 "Result": {
                     "type": "object",
