@@ -299,7 +299,7 @@ def faithfulness(uri: str, data_dir: Path, names: list[str]) -> dict[str, list[f
     regions = json.loads((data_dir / REGIONS_FILE).read_text())
 
     async def explain():
-        replica = await started(uri)
+        replica = await started(uri, explain_max_queued_images=1024)  # all in one call
         spec = replica.preprocess_spec()
         files = [(data_dir / "img_align_celeba" / n).read_bytes() for n in names]
         pixels = np.stack([decode_image(f, spec, 10**7) for f in files])
