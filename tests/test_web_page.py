@@ -321,3 +321,46 @@ def test_wrong_method_gets_405_naming_the_allowed_ones(served, method, path, all
     assert response.status_code == 405, response.text
     assert response.json()["error"] == "method_not_allowed"
     assert {m.strip() for m in response.headers.get("allow", "").split(",")} == allowed
+
+
+@pytest.mark.serve
+def test_clicking_a_bar_overlays_its_explanation_map(browser, served, tmp_path):
+    """Click an attribute: the page asks POST /explain once and draws the map on a canvas over
+    the photo. TinyNet's Bags_Under_Eyes reads the red of the top half only, so the canvas is
+    painted on top and clear at the bottom; the opacity slider fades it. Screenshot:
+    test-output/explain.png."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "red.jpg"
+    photo.write_bytes(images.solid(images.RED))
+    csp_violations(browser)  # drop earlier pages' messages
+    upload(browser, served, photo)
+    wait_for_result(browser)
+    browser.find_element(By.CSS_SELECTOR, '#results .track[data-label="Bags_Under_Eyes"]').click()
+    WebDriverWait(browser, 30).until(
+        lambda b: (
+            b.find_element(By.ID, "overlay").get_attribute("data-attribute") == "Bags_Under_Eyes"
+        )
+    )
+    painted = browser.execute_script(
+        """const c = document.getElementById("overlay");
+        const alpha = (y0, y1) => {
+          const d = c.getContext("2d").getImageData(0, y0, c.width, y1 - y0).data;
+          let n = 0;
+          for (let i = 3; i < d.length; i += 4) if (d[i] > 0) n++;
+          return n;
+        };
+        return {w: c.width, h: c.height, top: alpha(0, c.height / 4),
+                bottom: alpha(c.height * 7 / 8, c.height), visible: c.offsetWidth > 0};"""
+    )
+    assert painted["visible"] and painted["w"] > 100, painted
+    assert painted["top"] > 0 and painted["bottom"] == 0, painted
+    SCREENSHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "explain.png"))  # at the default opacity
+    slider = browser.find_element(By.ID, "opacity")
+    slider.send_keys(Keys.END)
+    assert browser.find_element(By.ID, "overlay").value_of_css_property("opacity") == "1"
+    assert "Bags Under Eyes" in browser.find_element(By.ID, "explain-status").text
+    assert csp_violations(browser) == []
