@@ -18,7 +18,7 @@ DEMO_STORE ?= models
 DEMO_TRAIN_ARGS ?= --backbone resnet18 --image-size 64 --epochs 4 --batch-size 32 \
 	--num-workers 2 --dataloader-workers 0 --lr 2e-3
 
-.PHONY: install test test-fast test-reliability lint format demo data train serve serve-env bench clean
+.PHONY: install test test-fast test-reliability lint format demo data train serve serve-env bench gpu-check clean
 
 install: $(VENV)/.installed
 
@@ -73,6 +73,9 @@ demo: train serve
 bench: install  ## serving benchmark: table and plot in bench/results/ (about 10 minutes)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
 	$(PY) -m bench.run
+
+gpu-check: install  ## the GPU path measured (docs/gpu.md); without CUDA a ~2-minute CPU smoke run
+	$(PY) -m bench.gpu_check $(GPU_CHECK_ARGS)
 
 clean:
 	rm -rf $(VENV) data models ray_results .pytest_cache
