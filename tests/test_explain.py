@@ -339,3 +339,18 @@ def test_maps_of_a_trained_model_fall_where_attributes_were_drawn(train_data, tm
 
     random_uri = str(tmp_path / "store" / "random" / "latest")
     assert report("random", faithfulness(random_uri, train_data, names)) < FAITHFUL_FLOOR
+
+
+@pytest.mark.serve
+def test_explain_follows_a_new_version_with_another_input_size(served):
+    """The ingress decoded for v1 (64x64); v2 wants 48x48: the model answers SpecMismatch and
+    the ingress decodes again, so the map comes from v2 without an error."""
+    red = images.solid(images.RED)
+    assert served.http.post("/explain", files={"image": red}).json()["model"]["version"] == "v1"
+    served.deploy(served.base_config(model_version="v2"))
+    try:
+        answer = served.http.post("/explain?grid=4", files={"image": red})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["model"]["version"] == "v2" and answer.json()["grid"] == [4, 4]
+    finally:
+        served.deploy(served.base_config())
