@@ -38,7 +38,7 @@ from serve_app.explain import (
     png_panels,
 )
 from serve_app.metrics import IngressMetrics
-from serve_app.model_client import MAX_CALL_BYTES, DecodedImage, ModelClient
+from serve_app.model_client import MAX_CALL_BYTES, DecodedImage, ModelClient, call_model
 from serve_app.multipart import parse_multipart
 from serve_app.openapi import openapi_spec
 from serve_app.protocol import (
@@ -225,8 +225,7 @@ class Ingress:
         self, pixels: np.ndarray, spec: PreprocessSpec, grid: int
     ) -> Explanations:
         try:
-            # ModelClient._remote maps Ray's failures (back pressure, dead replica) to 503s.
-            return await ModelClient._remote(self._model.explain, pixels, spec, grid)
+            return await call_model(self._model.explain, pixels, spec, grid)
         except QueueFull as e:  # Ray re-raises the replica's exception as its own type
             raise overloaded(f"the model's explanation queue is full ({e}); retry shortly") from e
 

@@ -13,6 +13,7 @@ import asyncio
 import os
 from collections import defaultdict
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import ray
@@ -21,7 +22,7 @@ from ray.serve.handle import DeploymentHandle
 
 from serve_app.batching import BatchWhenFree, QueueFull
 from serve_app.errors import model_unavailable, overloaded
-from serve_app.protocol import ImageResult, ModelNotReady, Predictions, PreprocessSpec
+from serve_app.protocol import ImageResult, ModelNotReady, PreprocessSpec
 
 # Serve's gRPC transport between replicas (on with RAY_SERVE_THROUGHPUT_OPTIMIZED) refuses a
 # message over RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB by default): 32 images at
@@ -83,30 +84,16 @@ class ModelClient:
         for spec, indices in groups.items():
             if spec is None:
                 chunks = file_chunks([images[i] for i in indices])
-                calls = [self._remote(self._handle.predict_files, c) for c in chunks]
+                calls = [call_model(self._handle.predict_files, c) for c in chunks]
             else:
                 batch = np.stack([images[i].pixels for i in indices])  # (n, 3, H, W) uint8
                 chunks = transport_chunks(batch)
-                calls = [self._remote(self._handle.predict, c, spec) for c in chunks]
+                calls = [call_model(self._handle.predict, c, spec) for c in chunks]
             answers = await asyncio.gather(*calls)
             rows = [(p, r) for p, chunk in zip(answers, chunks) for r in range(len(chunk))]
             for i, (predictions, row) in zip(indices, rows):
                 results[i] = predictions.result(row)
         return results
-
-    @staticmethod
-    async def _remote(method, *args) -> Predictions:
-        try:
-            return await method.remote(*args)
-        except BackPressureError as e:
-            raise overloaded() from e
-        except DeploymentUnavailableError as e:
-            raise model_unavailable(f"the model deployment is unavailable: {e}") from e
-        except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
-            # ActorUnavailableError: the gRPC transport's word for a replica that went away.
-            raise model_unavailable("the model replica restarted; retry") from e
-        except ModelNotReady as e:  # Ray re-raises the replica's exception as its own type
-            raise model_unavailable("no model is loaded yet") from e
 
 
 def file_chunks(files: list[bytes], max_bytes: int = MAX_CALL_BYTES) -> list[list[bytes]]:
@@ -120,3 +107,18 @@ def file_chunks(files: list[bytes], max_bytes: int = MAX_CALL_BYTES) -> list[lis
         chunks[-1].append(f)
         size += len(f)
     return chunks
+
+
+async def call_model(method, *args) -> Any:
+    """``await method.remote(*args)`` on the model deployment, Ray's failures as the API's 503s."""
+    try:
+        return await method.remote(*args)
+    except BackPressureError as e:
+        raise overloaded() from e
+    except DeploymentUnavailableError as e:
+        raise model_unavailable(f"the model deployment is unavailable: {e}") from e
+    except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
+        # ActorUnavailableError: the gRPC transport's word for a replica that went away.
+        raise model_unavailable("the model replica restarted; retry") from e
+    except ModelNotReady as e:  # Ray re-raises the replica's exception as its own type
+        raise model_unavailable("no model is loaded yet") from e
