@@ -475,7 +475,9 @@ def markdown(results: dict) -> str:
         if results[name]["status"] == "failed":
             lines.append(f"\n**{name} failed**: {results[name]['error'][-1500:]}")
     sections = ", ".join(
-        f"{n} {results[n]['section_s']} s" for n in SECTIONS if "section_s" in results[n]
+        f"{n} {results[n]['section_s']} s"
+        for n in SECTIONS
+        if "section_s" in results[n] and n != "gpu_util"  # measured within serve
     )
     lines.append(f"\nTotal {results['total_s']} s ({sections}).")
     return "\n".join(lines) + "\n"
