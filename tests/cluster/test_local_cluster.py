@@ -1,0 +1,147 @@
+"""The local cluster (local_cluster/) against cluster.yaml, and placement on it (issue #14).
+
+The placement test needs its own Ray (a head and autoscaled workers), not the session's shared
+one: it runs tests/cluster/placement_scenario.py in a subprocess and checks the JSON it writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import subprocess
+import sys
+
+import pytest
+import yaml
+
+from local_cluster.cluster import (
+    CLUSTER_YAML,
+    CPU_SCALE,
+    LocalCluster,
+    load_node_types,
+    local_node_types,
+    scale_serve_config,
+)
+from tests.harness import ROOT
+
+# What AWS has in these instance types (vCPUs, GPUs): cluster.yaml states them as resources.
+INSTANCE_TYPES = {"c6i.2xlarge": (8, 0), "g5.xlarge": (4, 1)}
+
+
+def test_cluster_yaml_states_what_its_instance_types_have():
+    head_name, types = load_node_types()
+    assert types[head_name]["resources"] == {"CPU": 0}
+    for name, spec in types.items():
+        if name == head_name:
+            continue
+        cpus, gpus = INSTANCE_TYPES[spec["node_config"]["InstanceType"]]
+        assert spec["resources"].get("CPU") == cpus, name
+        assert spec["resources"].get("GPU", 0) == gpus, name
+
+
+def test_local_node_types_are_cluster_yamls_scaled():
+    head_name, types = load_node_types()
+    head, workers = local_node_types()
+    assert head == {"CPU": 0}
+    assert set(workers) == set(types) - {head_name}
+    for name, local in workers.items():
+        declared = types[name]
+        assert local["min_workers"] == declared["min_workers"], name
+        assert local["max_workers"] == declared["max_workers"], name
+        resources = dict(local["resources"])
+        resources.pop("object_store_memory")
+        assert resources["CPU"] == declared["resources"]["CPU"] * CPU_SCALE, name
+        assert resources.get("GPU") == declared["resources"].get("GPU"), name
+        assert set(resources) == set(declared["resources"]), name
+    assert workers["gpu-workers"]["resources"]["GPU"] == 1
+    assert "GPU" not in workers["cpu-workers"]["resources"]
+
+
+def test_autoscaler_config_carries_cluster_yamls_types(tmp_path):
+    cluster = LocalCluster(max_workers={"gpu-workers": 2}, idle_timeout_minutes=0.2)
+    config = cluster.config
+    assert config["provider"]["type"] == "fake_multinode"
+    assert config["provider"]["gcs_address"] == cluster.address
+    assert config["idle_timeout_minutes"] == 0.2
+    assert config["available_node_types"]["gpu-workers"]["max_workers"] == 2
+    assert config["available_node_types"]["cpu-workers"]["max_workers"] == 4
+    # Ray's own validator accepts what the head's autoscaler will run with.
+    from ray.autoscaler._private.util import validate_config
+
+    validate_config(config)  # (prepare_config would read the example.yaml the wheel lacks)
+
+
+def test_helper_refuses_a_type_without_stated_resources(tmp_path):
+    """cluster.yaml's old `resources: {}` (AWS detects them) gives the helper nothing to map."""
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    config["available_node_types"]["gpu-workers"]["resources"] = {}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="gpu-workers"):
+        local_node_types(path)
+
+
+def test_helper_refuses_a_cap_above_cluster_yaml():
+    with pytest.raises(ValueError, match="max_workers"):
+        local_node_types(max_workers={"gpu-workers": 5})
+
+
+def test_helper_refuses_cpus_that_do_not_scale_to_whole_numbers(tmp_path):
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    config["available_node_types"]["cpu-workers"]["resources"] = {"CPU": 6}
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match="whole number"):
+        local_node_types(path)
+
+
+def test_serve_config_scaling_keeps_gpus_and_scales_cpus():
+    config = yaml.safe_load((ROOT / "config.gpu.yaml").read_text())
+    scaled = scale_serve_config(config)
+    assert scaled["proxy_location"] == "HeadOnly"
+    before = {d["name"]: d["ray_actor_options"] for d in config["applications"][0]["deployments"]}
+    after = {d["name"]: d["ray_actor_options"] for d in scaled["applications"][0]["deployments"]}
+    for name, options in before.items():
+        assert after[name]["num_cpus"] == options["num_cpus"] * CPU_SCALE
+        assert after[name].get("num_gpus") == options.get("num_gpus")
+    assert config == yaml.safe_load((ROOT / "config.gpu.yaml").read_text())  # not mutated
+    assert copy.deepcopy(scaled) == scale_serve_config(config)
+
+
+@pytest.mark.cluster
+@pytest.mark.slow
+def test_gpu_config_places_model_on_gpu_nodes_and_ingress_on_cpu_nodes(tmp_path):
+    out = tmp_path / "placement.json"
+    run = subprocess.run(
+        [sys.executable, "-m", "tests.cluster.placement_scenario", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=480,
+    )
+    assert out.exists(), run.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert run.returncode == 0, json.dumps(result.get("diagnosis"), indent=1) + run.stderr[-3000:]
+    (ROOT / "test-output").mkdir(exist_ok=True)
+    (ROOT / "test-output" / "cluster_placement.json").write_text(json.dumps(result, indent=2))
+
+    assert result["status"] == 200
+    types = result["nodes"]
+    model = result["replicas"]["FaceAttributeModel"]
+    ingress = result["replicas"]["Ingress"]
+    assert model and ingress
+    for replica in model:
+        assert replica["node_id"] == replica["actor_node_id"]  # Serve and Ray agree
+        assert types[replica["node_id"]] == "gpu-workers"
+    for replica in ingress:
+        assert replica["node_id"] == replica["actor_node_id"]
+        assert types[replica["node_id"]] == "cpu-workers"
+    # device: auto on a GPU-labelled node where torch sees no CUDA: one line per replica.
+    assert len(result["auto_log_lines"]) == len(model), result["auto_log_lines"]
+    assert all(r["node_id"] in line for r, line in zip(model, result["auto_log_lines"]))
+    # device: cuda refuses to start and names the (GPU-type) node it was placed on.
+    assert result["cuda"]["status"].endswith("DEPLOY_FAILED")
+    message = result["cuda"]["message"]
+    assert "torch sees no CUDA device" in message
+    assert any(f"Ray node id {node}" in message for node in result["gpu_node_ids"]), message
+    assert result["left_processes"] == []
