@@ -18,7 +18,8 @@ DEMO_STORE ?= models
 DEMO_TRAIN_ARGS ?= --backbone resnet18 --image-size 64 --epochs 4 --batch-size 32 \
 	--num-workers 2 --dataloader-workers 0 --lr 2e-3
 
-.PHONY: install test test-fast test-reliability lint format demo data train serve serve-env bench gpu-check clean
+.PHONY: install test test-fast test-reliability lint format demo data train serve serve-env bench gpu-check clean \
+	cluster-demo
 
 install: $(VENV)/.installed
 
@@ -69,6 +70,11 @@ serve-env:  ## the environment `make serve` gives `serve run`, one NAME=value a 
 	@printf '%s\n' RAY_AUTH_MODE=$(RAY_AUTH_MODE) $(LOCAL_RAY_ENV) $(SERVE_ENV)
 
 demo: train serve
+
+# cluster.yaml's node types as many Ray nodes on this machine (local_cluster/): the demo model on
+# config.gpu.yaml, gpu-workers nodes added and removed by Ray's autoscaler. Ctrl-C stops it all.
+cluster-demo: train
+	env $(LOCAL_RAY_ENV) env $(SERVE_ENV) $(PY) -m local_cluster --model-uri $(DEMO_STORE)/face-attributes/latest
 
 bench: install  ## serving benchmark: table and plot in bench/results/ (about 10 minutes)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
