@@ -27,10 +27,11 @@ from tests.harness import RayCluster, ServeTestbed, free_port
 
 
 def pytest_collection_modifyitems(items):
-    """Tests that stop every Ray instance on the machine (`ray stop`) run first, before the
-    session's shared Ray starts; started later they would have to skip."""
-    first = [i for i in items if "stops_ray" in i.keywords]
-    items[:] = first + [i for i in items if "stops_ray" not in i.keywords]
+    """Tests with a Ray of their own (`serve run`, `ray stop`, a local cluster) run first,
+    before the session's shared Ray and Serve start: HAProxy binds fixed ports (8404, 9101)
+    that a second Serve on the machine cannot take, and `ray stop` would end the shared one."""
+    first = [i for i in items if "own_ray" in i.keywords]
+    items[:] = first + [i for i in items if "own_ray" not in i.keywords]
 
 
 @pytest.fixture(scope="session")

@@ -70,6 +70,7 @@ def test_util_sampler_summarises_the_busiest_gpu_after_the_warm_up(tmp_path):
 
 @pytest.mark.slow
 @pytest.mark.serve
+@pytest.mark.own_ray  # its own `serve run`s, before the session's Serve holds 8404/9101
 def test_cpu_smoke_run_writes_every_section(tmp_path):
     done = subprocess.run(
         [sys.executable, "-m", "bench.gpu_check", "--smoke", "--results-dir", str(tmp_path),

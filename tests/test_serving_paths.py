@@ -153,7 +153,9 @@ def test_half_precision_serves_end_to_end_on_cpu(serve_testbed):
     serve_testbed.deploy(serve_testbed.base_config())
     files = {"image": ("red.jpg", images.solid(images.RED), "image/jpeg")}
     full = probabilities(serve_testbed.http.post("/classify", files=files))
-    serve_testbed.deploy(with_args(serve_testbed, fp16=True))
+    legacy = with_args(serve_testbed, fp16=True)
+    del legacy["applications"][0]["args"]["precision"]  # an older config has only fp16
+    serve_testbed.deploy(legacy)
     try:
         assert serve_testbed.metadata()["serving"]["dtype"] == "float16"
         half = probabilities(serve_testbed.http.post("/classify", files=files))

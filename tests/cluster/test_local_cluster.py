@@ -110,6 +110,7 @@ def test_serve_config_scaling_keeps_gpus_and_scales_cpus():
 
 @pytest.mark.cluster
 @pytest.mark.slow
+@pytest.mark.own_ray  # a whole local cluster with its own Serve (8404/9101)
 def test_gpu_config_places_model_on_gpu_nodes_and_ingress_on_cpu_nodes(tmp_path):
     out = tmp_path / "placement.json"
     run = subprocess.run(

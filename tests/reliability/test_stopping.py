@@ -111,7 +111,7 @@ def model_uri(tmp_path_factory):
     return str(tmp / "store" / "face-attributes" / "v1")
 
 
-@pytest.mark.stops_ray  # collected first (tests/conftest.py), before the session's own Ray
+@pytest.mark.own_ray  # collected first (tests/conftest.py), before the session's shared Ray
 @pytest.mark.parametrize("stop", WAYS, ids=[w.__name__ for w in WAYS])
 def test_stopping_leaves_nothing_behind(stop, model_uri, tmp_path):
     port = free_port()
