@@ -80,7 +80,9 @@ def main() -> None:
     result = evaluate(args.model_uri, args.data_dir, args.split, args.precision)
     print(json.dumps(result, indent=2))
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"decode-paths-{args.precision}.json").write_text(json.dumps(result, indent=2) + "\n")
+    (RESULTS / f"decode-paths-{args.precision}.json").write_text(
+        json.dumps(result, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":
