@@ -14,7 +14,7 @@ import re
 import time
 from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import ray
@@ -53,6 +53,7 @@ from serve_app.protocol import (
 logger = logging.getLogger("ray.serve")
 
 Handler = Callable[[Request], Awaitable[Response]]
+T = TypeVar("T")
 DESCRIBE_TIMEOUT_S = 5.0
 
 PAGE = resources.files("serve_app").joinpath("static/index.html").read_text()
@@ -182,15 +183,27 @@ class Ingress:
         return result
 
     async def _predict_decoded(self, image: bytes) -> ImageResult:
-        """Decode with the spec of the model serving now; a new version that prepares pixels
-        differently answers SpecMismatch with its spec, and the image is decoded again."""
+        return await self._with_current_spec(
+            image,
+            lambda pixels, spec: self._client.predict(DecodedImage(pixels, spec)),
+            lambda result: result if isinstance(result, SpecMismatch) else None,
+        )
+
+    async def _with_current_spec(
+        self,
+        image: bytes,
+        send: Callable[[np.ndarray, PreprocessSpec], Awaitable[T]],
+        mismatch_of: Callable[[T], SpecMismatch | None],
+    ) -> T:
+        """Decode with the spec of the model serving now and send; a new version that prepares
+        pixels differently answers SpecMismatch with its spec, and the image is decoded again."""
         for _ in range(3):
             spec = self._spec or await self._fetch_spec()
-            pixels = await self._decode(image, spec)
-            result = await self._client.predict(DecodedImage(pixels, spec))
-            if not isinstance(result, SpecMismatch):
-                return result
-            self._spec = result.current
+            answer = await send(await self._decode(image, spec), spec)
+            mismatch = mismatch_of(answer)
+            if mismatch is None:
+                return answer
+            self._spec = mismatch.current
         raise model_unavailable("the model changed its preprocessing during this request; retry")
 
     async def explain(self, image: bytes, grid: int) -> Explanations:
@@ -212,14 +225,11 @@ class Ingress:
     async def _explain_decoded(self, image: bytes, grid: int) -> Explanations:
         """Decoded on the ingress whatever decode_on says (the overlay needs the photo here
         anyway); a SpecMismatch re-decodes with the new spec, as /classify does."""
-        for _ in range(3):
-            spec = self._spec or await self._fetch_spec()
-            pixels = await self._decode(image, spec)
-            answer = await self._remote_explain(pixels[None], spec, grid)
-            if answer.mismatch is None:
-                return answer
-            self._spec = answer.mismatch.current
-        raise model_unavailable("the model changed its preprocessing during this request; retry")
+        return await self._with_current_spec(
+            image,
+            lambda pixels, spec: self._remote_explain(pixels[None], spec, grid),
+            lambda answer: answer.mismatch,
+        )
 
     async def _remote_explain(
         self, pixels: np.ndarray, spec: PreprocessSpec, grid: int
