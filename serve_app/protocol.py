@@ -71,6 +71,9 @@ class Prediction:
     labels: tuple[str, ...]
     threshold: float
     probabilities: np.ndarray  # (num_labels,) float32
+    # Each label's own decision threshold (tuned on validation at export); None: ``threshold``
+    # for every label (an artifact without tuned thresholds).
+    thresholds: np.ndarray | None = None  # (num_labels,) float32
 
 
 ImageResult = Prediction | SpecMismatch | ImageRejected
@@ -91,6 +94,7 @@ class Predictions:
     probabilities: np.ndarray | None  # (N, num_labels) float32
     mismatch: SpecMismatch | None = None
     rejected: dict[int, ImageRejected] | None = None
+    thresholds: np.ndarray | None = None  # (num_labels,) float32, see Prediction.thresholds
 
     def result(self, i: int) -> ImageResult:
         if self.mismatch is not None:
@@ -98,5 +102,10 @@ class Predictions:
         if self.rejected and i in self.rejected:
             return self.rejected[i]
         return Prediction(
-            self.name, self.version, self.labels, self.threshold, self.probabilities[i]
+            self.name,
+            self.version,
+            self.labels,
+            self.threshold,
+            self.probabilities[i],
+            self.thresholds,
         )
