@@ -1,5 +1,12 @@
 """What a user would write without us: one Starlette/uvicorn process, per-request inference on
-the same artifact (decode, resize, normalise, forward one image)."""
+the same artifact (decode, resize, normalise, forward one image).
+
+``--mode lockfree`` (the default, what people write): decode and forward run in Starlette's
+thread pool (``run_in_threadpool``, which is what a FastAPI ``def`` endpoint does), so several
+batch-1 forwards overlap with each other and with HTTP parsing, each with ``--threads`` torch
+threads. ``--mode locked`` holds an asyncio.Lock around inference: one forward at a time, the
+baseline of the first benchmark round, kept for comparison.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ import torch
 import uvicorn
 from PIL import Image
 from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -19,7 +27,7 @@ from starlette.routing import Route
 from serve_app.inference import forward, load_model
 
 
-def build(model_uri: str, threads: int) -> Starlette:
+def build(model_uri: str, threads: int, mode: str = "lockfree") -> Starlette:
     torch.set_num_threads(threads)
     model = load_model(model_uri, torch.device("cpu"))
     meta = model.metadata
@@ -41,14 +49,15 @@ def build(model_uri: str, threads: int) -> Starlette:
             "model": {"name": meta.name, "version": meta.version},
         }
 
-    lock = asyncio.Lock()  # one inference at a time, as a simple server does
+    lock = asyncio.Lock()
 
     async def classify(request: Request) -> JSONResponse:
         form = await request.form()
         data = await form["image"].read()
-        async with lock:
-            body = await asyncio.to_thread(infer, data)
-        return JSONResponse(body)
+        if mode == "locked":
+            async with lock:
+                return JSONResponse(await asyncio.to_thread(infer, data))
+        return JSONResponse(await run_in_threadpool(infer, data))
 
     return Starlette(routes=[Route("/classify", classify, methods=["POST"])])
 
@@ -58,9 +67,10 @@ def main() -> None:
     parser.add_argument("--model-uri", required=True)
     parser.add_argument("--port", type=int, default=8100)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--mode", choices=["lockfree", "locked"], default="lockfree")
     args = parser.parse_args()
     uvicorn.run(
-        build(args.model_uri, args.threads),
+        build(args.model_uri, args.threads, args.mode),
         host="127.0.0.1",
         port=args.port,
         log_level="warning",

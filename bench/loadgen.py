@@ -1,5 +1,7 @@
 """Closed-loop HTTP load: C concurrent clients post a real JPEG for D seconds (bounded), on
-127.0.0.1 only. Prints one JSON line: throughput, latency percentiles, errors, CPU use.
+127.0.0.1 only. Prints one JSON line: throughput, latency percentiles, errors, CPU use (the
+box's, and with --server-pid the server's own, every process it started, per role:
+bench/cpu_account.py).
 
 A minimal HTTP/1.1 keep-alive client on asyncio streams, the request encoded once: httpx took
 a whole core at 64 clients here and starved the server it measured.
@@ -15,6 +17,8 @@ import time
 import uuid
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from bench import cpu_account
 
 
 def cpu_times() -> tuple[float, float]:
@@ -61,7 +65,9 @@ async def post(conn: list, host: str, port: int, request: bytes, timeout: float)
     return status
 
 
-async def run(url: str, image: bytes, concurrency: int, seconds: float, warmup: float) -> dict:
+async def run(
+    url: str, image: bytes, concurrency: int, seconds: float, warmup: float, server_pid: int | None
+) -> dict:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     parts = urlsplit(url)
@@ -90,9 +96,11 @@ async def run(url: str, image: bytes, concurrency: int, seconds: float, warmup: 
     await asyncio.sleep(warmup)
     measuring = True
     busy0, total0 = cpu_times()
+    server0 = cpu_account.snapshot(server_pid) if server_pid else {}
     t0 = time.monotonic()
     await asyncio.gather(*tasks)
     elapsed = time.monotonic() - t0
+    server1 = cpu_account.snapshot(server_pid) if server_pid else {}
     busy1, total1 = cpu_times()
     latencies.sort()
 
@@ -114,6 +122,19 @@ async def run(url: str, image: bytes, concurrency: int, seconds: float, warmup: 
         "errors": sum(v for k, v in statuses.items() if k != 200),
         "statuses": {str(k): v for k, v in sorted(statuses.items())},  # 599: connection error
         "cpu_percent": round(100 * (busy1 - busy0) / max(1e-9, total1 - total0), 1),
+        **(server_cpu(server0, server1, ok, elapsed) if server_pid else {}),
+    }
+
+
+def server_cpu(before: dict, after: dict, ok: int, elapsed: float) -> dict:
+    """The server's CPU over the measured window: per 1,000 answered requests and in cores."""
+    by_role = cpu_account.cpu_by_role(before, after)
+    total = sum(by_role.values())
+    return {
+        "server_cpu_s_per_1000": round(1000 * total / max(1, ok), 2),
+        "server_cores_busy": round(total / elapsed, 2),
+        "server_cpu_s_by_role": by_role,
+        "server_processes": len(after),
     }
 
 
@@ -124,12 +145,17 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, required=True)
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--warmup", type=float, default=1.5)
+    parser.add_argument("--server-pid", type=int, help="account the CPU of this process tree")
     args = parser.parse_args()
     assert args.url.startswith(("http://127.", "http://localhost")), "load only on loopback"
     os.nice(19)  # the load generator must not steal the server's CPU
     image = Path(args.image).read_bytes()
     print(
-        json.dumps(asyncio.run(run(args.url, image, args.concurrency, args.seconds, args.warmup)))
+        json.dumps(
+            asyncio.run(
+                run(args.url, image, args.concurrency, args.seconds, args.warmup, args.server_pid)
+            )
+        )
     )
 
 

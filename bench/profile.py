@@ -1,0 +1,162 @@
+"""Where a request's CPU goes inside the replicas: py-spy samples of the ingress and model
+replicas of a `serve run` under closed-loop load, each on-CPU sample put in one stage of the
+request's path. Prints and writes bench/results/profile-TAG.{json,md}.
+
+    python -m bench.profile [--backbone mobilenet_v3_small] [--concurrency 8] [--seconds 15]
+        [--set DEPLOYMENT.KEY=VALUE] [--env NAME=VALUE] [--tag TAG]
+
+py-spy samples Python stacks (no native frames), 100 times a second, only threads that are on
+a CPU: time inside C code (torch, Pillow, the JSON encoder) is charged to the Python frame that
+called it, which is what a stage is. Seconds of samples per 1,000 answered requests is the
+stage's CPU cost; the processes py-spy cannot read (HAProxy, GCS, raylet) are in the
+`bench.run` per-role table instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+import yaml
+
+from bench import cpu_account
+from bench.artifacts import bench_artifact
+from bench.run import PY, RESULTS, ROOT, serving, shipped_env, test_images
+
+RATE_HZ = 100
+PY_SPY = str(Path(PY).with_name("py-spy"))
+
+# (stage, substrings of a frame "function (file:line)"); the frame nearest the leaf that matches
+# any rule decides, so a JSON dump inside encode_prediction is "encode", not "event loop".
+STAGES = (
+    ("forward", ("inference.py", "torch/nn/", "torch/jit", "_call_impl")),
+    ("decode", ("decode.py", "model_decode.py", "PIL/", "torchvision/io")),
+    ("multipart", ("multipart.py",)),
+    ("encode response", ("encode_prediction", "json/", "responses.py", "render")),
+    ("serialise", ("pickle", "serialization", "_deserialize", "serialize", "msgpack")),
+    ("call batching", ("model_client.py", "batching.py")),
+    (
+        "hop (handle, router, replica, gRPC)",
+        (
+            "ray/serve/_private/router",
+            "ray/serve/handle",
+            "ray/serve/_private/replica",
+            "grpc",
+            "request_router",
+            "replica_result",
+        ),
+    ),
+    ("HTTP (uvicorn, Starlette)", ("uvicorn", "h11", "httptools", "starlette", "direct_ingress")),
+    ("ingress logic", ("ingress.py",)),
+    ("metrics, logging", ("metrics", "logging", "prometheus", "opencensus")),
+    ("event loop", ("asyncio/", "selectors", "uvloop")),
+    ("ray core", ("ray/",)),
+)
+
+
+def stage_of(stack: list[str]) -> str:
+    for frame in reversed(stack):  # leaf first
+        for stage, needles in STAGES:
+            if any(n in frame for n in needles):
+                return stage
+    return "other"
+
+
+def read_raw(path: Path) -> dict[str, int]:
+    """py-spy --format raw: one "frame;frame;...;leaf COUNT" line per distinct stack."""
+    stages: dict[str, int] = defaultdict(int)
+    for line in path.read_text().splitlines():
+        stack, _, count = line.rpartition(" ")
+        if stack and count.isdigit():
+            stages[stage_of(stack.split(";"))] += int(count)
+    return stages
+
+
+def replicas(root: int) -> dict[str, list[int]]:
+    found: dict[str, list[int]] = defaultdict(list)
+    for pid, (role, _) in cpu_account.snapshot(root).items():
+        if role in ("ingress replica", "model replica"):
+            found[role].append(pid)
+    return found
+
+
+def profile(url: str, image: Path, root: int, concurrency: int, seconds: float, tmp: Path):
+    warmup = 3.0
+    load = subprocess.Popen(
+        [PY, "-m", "bench.loadgen", "--url", url, "--image", str(image), "--concurrency",
+         str(concurrency), "--seconds", str(seconds), "--warmup", str(warmup), "--server-pid", str(root)],
+        cwd=ROOT, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    time.sleep(warmup)
+    spies = []
+    for role, pids in replicas(root).items():
+        for pid in pids:
+            out = tmp / f"{role.replace(' ', '_')}-{pid}.txt"
+            cmd = [PY_SPY, "record", "--pid", str(pid), "--rate", str(RATE_HZ), "--format", "raw",
+                   "--duration", str(int(seconds)), "--output", str(out), "--nonblocking"]  # fmt: skip
+            spies.append((role, out, subprocess.Popen(cmd, stdout=subprocess.DEVNULL)))
+    for _, _, spy in spies:
+        spy.wait(timeout=seconds + 60)
+    row = json.loads(load.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1])
+    requests = row["statuses"].get("200", 0)
+    by_role: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    for role, out, _ in spies:
+        for stage, samples in read_raw(out).items():
+            by_role[role][stage] += 1000 * samples / RATE_HZ / max(1, requests)
+    return row, {
+        role: dict(sorted(v.items(), key=lambda kv: -kv[1])) for role, v in by_role.items()
+    }
+
+
+def markdown(row: dict, by_role: dict, args: argparse.Namespace) -> str:
+    lines = [
+        f"{args.backbone}, c={args.concurrency}, {args.seconds:.0f} s: {row['throughput_rps']} req/s, "
+        f"p50 {row['p50_ms']} ms; server {row['server_cpu_s_per_1000']} CPU-s per 1,000 requests "
+        "(every process, /proc).\n",
+        "| replica | stage | CPU-s per 1,000 requests (py-spy) |",
+        "| --- | --- | --- |",
+    ]  # fmt: skip
+    for role, stages in by_role.items():
+        lines += [f"| {role} | {stage} | {cost:.2f} |" for stage, cost in stages.items()]
+        lines.append(f"| {role} | **total** | **{sum(stages.values()):.2f}** |")
+    lines += ["", "/proc per role (CPU-s per 1,000 requests):", ""]
+    ok = max(1, row["statuses"].get("200", 0))
+    lines += [f"- {k}: {1000 * v / ok:.2f}" for k, v in row["server_cpu_s_by_role"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--backbone", default="mobilenet_v3_small")
+    parser.add_argument("--concurrency", type=int, default=8)
+    parser.add_argument("--seconds", type=float, default=15.0)
+    parser.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE")
+    parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE")
+    parser.add_argument("--tag", default="latest")
+    args = parser.parse_args()
+    overrides = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
+    env = {**shipped_env(), **dict(s.split("=", 1) for s in args.env)}
+    env = {k: v for k, v in env.items() if v}
+    uri = bench_artifact(args.backbone)
+    with tempfile.TemporaryDirectory() as tmp:
+        images = test_images(Path(tmp))
+        with serving(uri, overrides, env) as (proc, port):
+            url = f"http://127.0.0.1:{port}/classify"
+            row, by_role = profile(
+                url, images["celeba"], proc.pid, args.concurrency, args.seconds, Path(tmp)
+            )
+    table = markdown(row, by_role, args)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    out = {"args": vars(args), "load": row, "stages_cpu_s_per_1000": by_role}
+    (RESULTS / f"profile-{args.tag}.json").write_text(json.dumps(out, indent=2))
+    (RESULTS / f"profile-{args.tag}.md").write_text(table)
+    print(table)
+
+
+if __name__ == "__main__":
+    main()
