@@ -709,29 +709,30 @@ def _json_entry(path: Path, result: BatchResult) -> dict[str, Any]:
 
 
 def _tables(client: Client, args: argparse.Namespace, results: list[BatchResult]) -> str:
+    model_thresholds: dict[str, float] | None = None  # from /metadata, asked once if needed
     blocks = []
     for path, result in zip(args.images, results):
         if isinstance(result, ApiError):
             blocks.append(f"{path}: {result.code}: {result.detail}")
             continue
+        # The answer names only the present labels' thresholds; the others: the number asked
+        # for, else the model's.
+        if isinstance(args.threshold, float):
+            fallback = dict.fromkeys(result.probabilities, args.threshold)
+        else:
+            if model_thresholds is None:
+                model_thresholds = _model_thresholds(client)
+            fallback = model_thresholds
         header = f"{path}  ({result.model.name} {result.model.version})"
-        blocks.append(header + "\n" + table(result, _fallback_thresholds(client, args, result)))
+        blocks.append(header + "\n" + table(result, fallback))
     return "\n\n".join(blocks)
 
 
-def _fallback_thresholds(
-    client: Client, args: argparse.Namespace, result: Classification
-) -> dict[str, float]:
-    """The thresholds of the attributes judged absent (the answer names only the present ones'):
-    the number asked for, else the model's from /metadata (asked once per run)."""
-    if isinstance(args.threshold, float):
-        return dict.fromkeys(result.probabilities, args.threshold)
-    if not hasattr(args, "model_thresholds"):
-        try:
-            args.model_thresholds = metadata_thresholds(client.metadata())
-        except ClientError:
-            args.model_thresholds = {}
-    return args.model_thresholds
+def _model_thresholds(client: Client) -> dict[str, float]:
+    try:
+        return metadata_thresholds(client.metadata())
+    except ClientError:
+        return {}  # the table shows "-": the classification itself stands
 
 
 def main(argv: Sequence[str] | None = None) -> int:

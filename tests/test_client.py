@@ -296,7 +296,7 @@ def test_classify_path_bytes_and_pil_image(served, tmp_path):
 def test_classify_many_puts_a_bad_image_in_place_and_learns_the_batch_limit(served):
     good = [images.solid(c) for c in (images.RED, images.GREEN, images.BLUE)] * 7  # 21
     many = [*good[:10], b"not an image", *good[10:]]
-    with api.Client(served.url, batch_size=64) as client:  # the server takes 16 per request
+    with api.Client(served.url, batch_size=40) as client:  # the server takes 16 per request
         results = client.classify_many(many)
         assert client.batch_limit == 16
     assert len(results) == 22
