@@ -7,7 +7,7 @@ import hashlib
 import json
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL_URI = "models/face-attributes/latest"
 
@@ -45,9 +45,19 @@ class AppArgs(BaseModel):
         "model: the ingress checks headers only and the model replica decodes the batch "
         "(JPEG with torchvision.io.decode_jpeg on the model's device, nvJPEG on CUDA)",
     )
-    torch_threads: int | None = Field(
-        default=None, ge=1, le=256, description="intra-op threads; default: the replica's num_cpus"
+    torch_threads: int | Literal["auto"] | None = Field(
+        default=None,
+        description="intra-op threads of a CPU model replica: a number; auto: 1 for a light "
+        "model, 2 (or num_cpus if more) for one whose batch-1 forward takes 25 ms or more on "
+        "one thread (serve_app/threads.py); default: the replica's num_cpus",
     )
+
+    @field_validator("torch_threads")
+    @classmethod
+    def _threads_in_range(cls, value: int | str | None) -> int | str | None:
+        if isinstance(value, int) and not 1 <= value <= 256:
+            raise ValueError("torch_threads must be between 1 and 256, or auto")
+        return value
 
     model_calls_in_flight: int = Field(
         default=4,

@@ -13,7 +13,7 @@ import logging
 import posixpath
 from collections import Counter
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -52,6 +52,7 @@ from serve_app.protocol import (
     PreprocessSpec,
     SpecMismatch,
 )
+from serve_app.threads import AUTO_HEAVY_FORWARD_MS, choose_threads
 
 logger = logging.getLogger("ray.serve")
 
@@ -106,13 +107,17 @@ class FaceAttributeModel:
         self,
         device: str = "auto",
         precision: Precision = "float32",
-        torch_threads: int | None = None,
+        torch_threads: int | Literal["auto"] | None = None,
         max_image_pixels: int = 40_000_000,
     ):
         self._device = choose_device(device)
         self._precision: Precision = precision
         self._max_image_pixels = max_image_pixels
-        self._inference = InferenceThread(self._device, torch_threads or replica_cpu_share())
+        # "auto": chosen per loaded model (serve_app/threads.py); None: the replica's num_cpus.
+        self._auto_threads = torch_threads == "auto" and self._device.type == "cpu"
+        fixed = torch_threads if isinstance(torch_threads, int) else None
+        self._threads = fixed or replica_cpu_share()
+        self._inference = InferenceThread(self._device, self._threads)
         self._model: LoadedModel | None = None
         self._config: ModelConfig | None = None
         self._last_error: str | None = None
@@ -181,6 +186,8 @@ class FaceAttributeModel:
             # Warm up (and check the output shape) on the inference thread, so its own OpenMP
             # team is ready before traffic meets it.
             await self._inference.run(warm_up_model, loaded)
+            if self._auto_threads:
+                await self._choose_threads(loaded)
         except ArtifactError as e:
             self._metrics.load_failures.inc()
             self._last_error = redact_store(f"{model_uri}: {e}", model_uri)
@@ -202,6 +209,18 @@ class FaceAttributeModel:
             "Serving %s version %s from %s", loaded.metadata.name, loaded.version, loaded.uri
         )
 
+    async def _choose_threads(self, model: LoadedModel) -> None:
+        heavy = max(2, replica_cpu_share())
+        self._threads, ms = await self._inference.run(choose_threads, model, heavy)
+        logger.info(
+            "torch_threads auto: %d (a batch-1 forward takes %.1f ms on one thread; %d from "
+            "%.0f ms)",
+            self._threads,
+            ms,
+            heavy,
+            AUTO_HEAVY_FORWARD_MS,
+        )
+
     def check_health(self) -> None:
         if self._model is None:
             raise ModelNotReady(f"no model loaded: {self._last_error}")
@@ -217,6 +236,7 @@ class FaceAttributeModel:
             "last_error": self._last_error,
             "device": str(self._device),
             "dtype": str(model.dtype).removeprefix("torch."),
+            "torch_threads": self._threads if self._device.type == "cpu" else None,
             "max_batch_size": self._batcher.max_batch_size,
             "batch_wait_timeout_s": self._batcher.batch_wait_timeout_s,
             "batch_sizes": dict(sorted(self._batch_sizes.items())),
