@@ -7,9 +7,11 @@ request's path. Prints and writes bench/results/profile-TAG.{json,md}.
 
 py-spy samples Python stacks (no native frames), 100 times a second, only threads that are on
 a CPU: time inside C code (torch, Pillow, the JSON encoder) is charged to the Python frame that
-called it, which is what a stage is. Seconds of samples per 1,000 answered requests is the
-stage's CPU cost; the processes py-spy cannot read (HAProxy, GCS, raylet) are in the
-`bench.run` per-role table instead.
+called it, which is what a stage is. py-spy's idea of "on a CPU" over-counts (a thread waiting
+on the GIL or in some syscalls counts): the samples give each stage's SHARE of a replica, and
+the replica's CPU seconds come from /proc over the same window (bench/cpu_account.py); a
+stage's cost is share x that. Processes py-spy cannot read (HAProxy, GCS, raylet) are in the
+per-role list. The raw stacks stay in bench/results/profile-TAG/ for a look at "other".
 """
 
 from __future__ import annotations
@@ -53,13 +55,21 @@ STAGES = (
     ),
     ("HTTP (uvicorn, Starlette)", ("uvicorn", "h11", "httptools", "starlette", "direct_ingress")),
     ("ingress logic", ("ingress.py",)),
+    ("model replica logic", ("face_attribute_model.py",)),
     ("metrics, logging", ("metrics", "logging", "prometheus", "opencensus")),
     ("event loop", ("asyncio/", "selectors", "uvloop")),
     ("ray core", ("ray/",)),
+    # A thread whose innermost Python frame is Thread.run is running its target in C: Ray's
+    # and gRPC's threads.
+    ("native threads (Ray, gRPC)", ("Thread.run (threading.py",)),
 )
+# py-spy counts an idle pool thread blocked on its queue as active: not CPU, left out.
+IDLE_LEAVES = ("_worker (concurrent/futures/thread.py:81)",)
 
 
 def stage_of(stack: list[str]) -> str:
+    if stack and stack[-1].startswith(IDLE_LEAVES):
+        return "idle"
     for frame in reversed(stack):  # leaf first
         for stage, needles in STAGES:
             if any(n in frame for n in needles):
@@ -103,14 +113,19 @@ def profile(url: str, image: Path, root: int, concurrency: int, seconds: float, 
     for _, _, spy in spies:
         spy.wait(timeout=seconds + 60)
     row = json.loads(load.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1])
-    requests = row["statuses"].get("200", 0)
-    by_role: dict[str, dict[str, float]] = defaultdict(lambda: defaultdict(float))
+    requests = max(1, row["statuses"].get("200", 0))
+    samples: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for role, out, _ in spies:
-        for stage, samples in read_raw(out).items():
-            by_role[role][stage] += 1000 * samples / RATE_HZ / max(1, requests)
-    return row, {
-        role: dict(sorted(v.items(), key=lambda kv: -kv[1])) for role, v in by_role.items()
-    }
+        for stage, n in read_raw(out).items():
+            if stage != "idle":
+                samples[role][stage] += n
+    by_role = {}
+    for role, stages in samples.items():
+        per_1000 = 1000 * row["server_cpu_s_by_role"].get(role, 0.0) / requests  # /proc
+        total = max(1, sum(stages.values()))
+        ranked = sorted(stages.items(), key=lambda kv: -kv[1])
+        by_role[role] = {stage: per_1000 * n / total for stage, n in ranked}
+    return row, by_role
 
 
 def markdown(row: dict, by_role: dict, args: argparse.Namespace) -> str:
@@ -118,7 +133,7 @@ def markdown(row: dict, by_role: dict, args: argparse.Namespace) -> str:
         f"{args.backbone}, c={args.concurrency}, {args.seconds:.0f} s: {row['throughput_rps']} req/s, "
         f"p50 {row['p50_ms']} ms; server {row['server_cpu_s_per_1000']} CPU-s per 1,000 requests "
         "(every process, /proc).\n",
-        "| replica | stage | CPU-s per 1,000 requests (py-spy) |",
+        "| replica | stage | CPU-s per 1,000 requests (/proc total x py-spy share) |",
         "| --- | --- | --- |",
     ]  # fmt: skip
     for role, stages in by_role.items():
@@ -143,12 +158,14 @@ def main() -> None:
     env = {**shipped_env(), **dict(s.split("=", 1) for s in args.env)}
     env = {k: v for k, v in env.items() if v}
     uri = bench_artifact(args.backbone)
+    stacks = RESULTS / f"profile-{args.tag}"
+    stacks.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory() as tmp:
         images = test_images(Path(tmp))
         with serving(uri, overrides, env) as (proc, port):
             url = f"http://127.0.0.1:{port}/classify"
             row, by_role = profile(
-                url, images["celeba"], proc.pid, args.concurrency, args.seconds, Path(tmp)
+                url, images["celeba"], proc.pid, args.concurrency, args.seconds, stacks
             )
     table = markdown(row, by_role, args)
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -404,7 +404,8 @@ def main() -> None:
     parser.add_argument("--backbones", nargs="+", default=["resnet34", "mobilenet_v3_small"])
     parser.add_argument("--levels", type=int, nargs="+", default=[1, 2, 4, 8, 16, 32, 64])
     parser.add_argument("--seconds", type=float, default=6.0, help="measured seconds per level")
-    parser.add_argument("--baseline-threads", type=int, default=2)
+    parser.add_argument("--baseline-threads", type=int, nargs="+", default=[2, 1],
+                        help="torch threads of the baseline; several: one baseline run each")  # fmt: skip
     parser.add_argument("--set", action="append", default=[], metavar="DEPLOYMENT.KEY=VALUE",
                         help="override config.yaml for the Serve run, e.g. args.torch_threads=2")  # fmt: skip
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
@@ -439,11 +440,13 @@ def main() -> None:
             serve = run_serve(uri, images, args.levels, args.seconds, overrides, env)
             systems = {"ray-serve": serve}
             for mode in [] if args.no_baseline else args.baselines:
-                print(f"== {backbone}: hand-written baseline ({mode})", flush=True)
-                key = "baseline" if mode == "lockfree" else f"baseline-{mode}"
-                systems[key] = run_baseline(
-                    uri, images, args.levels, args.seconds, args.baseline_threads, mode
-                )
+                for threads in args.baseline_threads:
+                    print(f"== {backbone}: baseline ({mode}, {threads} threads)", flush=True)
+                    key = "baseline" if mode == "lockfree" else f"baseline-{mode}"
+                    key += "" if threads == args.baseline_threads[0] else f"-{threads}t"
+                    systems[key] = run_baseline(
+                        uri, images, args.levels, args.seconds, threads, mode
+                    )
             results["models"][backbone] = {
                 "model_limit": limit,
                 "decode_limit": decode,
