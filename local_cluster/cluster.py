@@ -27,7 +27,8 @@ Serve's proxy runs on the head only (``proxy_location: HeadOnly``) instead of ``
 Ray's ``AutoscalingCluster`` reads a provider config, ``fake_multi_node/example.yaml``, that
 the Ray 2.60 wheel does not ship, and its ``start``/``shutdown`` run ``ray stop --force``, which
 would stop every Ray instance on the machine (other users' included). ``LocalCluster`` builds
-the provider config itself and starts and stops only its own processes: its head runs on a
+the provider config itself (with ``LocalNodeProvider``, Ray's fake provider plus what a cloud
+does with a lost machine: local_cluster/provider.py) and starts and stops only its own processes: its head runs on a
 free GCS port with its own temp dir, and shutdown ends exactly the processes whose command
 line names that temp dir (every node of this cluster uses the head's temp dir).
 """
@@ -137,10 +138,16 @@ def scale_serve_config(config: dict) -> dict:
     return config
 
 
+PROVIDER_MODULE = "local_cluster.provider.LocalNodeProvider"
+
+
 def provider_config(gcs_address: str) -> dict:
-    """What fake_multi_node/example.yaml holds in Ray's source tree (absent from the wheel)."""
+    """What fake_multi_node/example.yaml holds in Ray's source tree (absent from the wheel), with
+    Ray's fake provider swapped for LocalNodeProvider (a lost node is reported terminated, as a
+    cloud provider does: see local_cluster/provider.py)."""
     return {
-        "type": "fake_multinode",
+        "type": "external",
+        "module": PROVIDER_MODULE,
         "gcs_address": gcs_address,  # the provider's default is <this machine's IP>:6379
         "use_node_id_as_ip": True,  # node ids stand in for IPs: all nodes share one
         "disable_node_updaters": True,  # nothing to ssh into
@@ -239,6 +246,12 @@ class LocalCluster(AutoscalingCluster):
             **os.environ,
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
             "RAY_FAKE_CLUSTER": "1",
+            # The monitor process imports LocalNodeProvider from this checkout.
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+            # Every process of the cluster inherits it. Ray's own actors call the state API
+            # without an address (Ray Train's PlacementGroupCleaner does); auto-detection finds
+            # this head under two addresses (127.0.0.1 and the box's IP) and raises.
+            "RAY_ADDRESS": self.address,
             **(override_env or {}),
         }
         subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL)

@@ -22,6 +22,7 @@ def run_training(cfg: TrainConfig) -> ray.train.Result:
         scaling_config=ScalingConfig(
             num_workers=cfg.num_workers,
             use_gpu=cfg.use_gpu,
+            placement_strategy=cfg.placement_strategy,
             resources_per_worker={
                 "CPU": cfg.cpus_per_worker,
                 **({"GPU": 1} if cfg.use_gpu else {}),

@@ -10,6 +10,8 @@ from dataclasses import asdict, dataclass
 
 from train_job.backbones import BACKBONES
 
+PLACEMENT_STRATEGIES = ("PACK", "SPREAD", "STRICT_SPREAD", "STRICT_PACK")
+
 
 @dataclass
 class TrainConfig:
@@ -34,6 +36,11 @@ class TrainConfig:
     dataloader_workers: int = 2
     precision: str = "32-true"
     max_failures: int = 2
+    # How the workers' bundles meet nodes (Ray placement group strategies). PACK (Ray Train's
+    # default) fills one node first; SPREAD prefers other nodes; STRICT_SPREAD requires one node
+    # per worker, and the autoscaler adds nodes to satisfy it (tests/cluster: 2 workers on 2
+    # cpu-workers nodes, and a lost node's worker restarted on a replacement).
+    placement_strategy: str = "PACK"
     seed: int = 0
     # Path of an ed25519 PEM private key (python -m model_store.keys generate): the exported
     # artifact is signed with it. Read where the export task runs (the driver's node locally).
@@ -58,6 +65,11 @@ class TrainConfig:
             problems.append("--threshold must be in (0, 1)")
         if self.precision not in ("32-true", "16-mixed", "bf16-mixed"):
             problems.append("--precision: 32-true, 16-mixed (GPU) or bf16-mixed")
+        if self.placement_strategy not in PLACEMENT_STRATEGIES:
+            problems.append(
+                f"--placement-strategy {self.placement_strategy!r}: "
+                f"choose one of {', '.join(PLACEMENT_STRATEGIES)}"
+            )
         if self.precision == "16-mixed" and not self.use_gpu:
             problems.append(
                 "--precision 16-mixed needs --use-gpu (use 32-true or bf16-mixed on CPU)"
@@ -136,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--precision", default="32-true", help="32-true, 16-mixed (GPU) or bf16-mixed")
     p.add_argument("--max-failures", type=int, default=2, help="worker failures to recover from")
+    p.add_argument(
+        "--placement-strategy",
+        default="PACK",
+        choices=PLACEMENT_STRATEGIES,
+        help="workers on nodes: PACK fills a node first, STRICT_SPREAD one node per worker",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--signing-key",

@@ -60,7 +60,8 @@ def test_local_node_types_are_cluster_yamls_scaled():
 def test_autoscaler_config_carries_cluster_yamls_types(tmp_path):
     cluster = LocalCluster(max_workers={"gpu-workers": 2}, idle_timeout_minutes=0.2)
     config = cluster.config
-    assert config["provider"]["type"] == "fake_multinode"
+    assert config["provider"]["type"] == "external"
+    assert config["provider"]["module"] == "local_cluster.provider.LocalNodeProvider"
     assert config["provider"]["gcs_address"] == cluster.address
     assert config["idle_timeout_minutes"] == 0.2
     assert config["available_node_types"]["gpu-workers"]["max_workers"] == 2
