@@ -106,8 +106,8 @@ def test_ingress_node_loss_replacement_replica_on_another_node(operations):
 
 @pytest.mark.xfail(
     strict=True,
-    reason="defect (reported): config.gpu.yaml's Ingress asks only for num_cpus, so with no "
-    "cpu-workers node alive its replacement is placed on a gpu-workers node.",
+    reason="defect (reported): config.gpu.yaml's Ingress asks only for num_cpus; its "
+    "replacement was placed on the gpu-workers node although a new cpu-workers node was up.",
 )
 def test_ingress_node_loss_replacement_on_a_cpu_node(operations):
     assert phase(operations, "ingress_node_loss")["replacement_node_type"] == "cpu-workers"
