@@ -31,6 +31,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -549,6 +550,8 @@ def main(out_path: str, phases: list[str]) -> None:
             ray.shutdown()
         failed = any("error" in result.get(p, {}) for p in phases)
         cluster.shutdown(keep_logs=failed)  # logs kept to debug a failure
+        if not failed:
+            shutil.rmtree(work, ignore_errors=True)
         result["temp_dir"] = cluster.temp_dir
         result["left_processes"] = cluster.processes()
         result["timings_s"]["total"] = round(now() - t0, 1)
