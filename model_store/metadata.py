@@ -43,6 +43,10 @@ class ArtifactMetadata(BaseModel):
     std: tuple[float, float, float]
     interpolation: Literal["bilinear", "bicubic", "nearest"] = "bilinear"
     threshold: float = Field(default=0.5, gt=0.0, lt=1.0)
+    # Each label's own decision threshold, tuned on the validation split at export
+    # (train_job/thresholds.py); None (artifacts before it): ``threshold`` for every label.
+    # Keyed by label, every label present; covered by the digest like every other field.
+    thresholds: dict[str, float] | None = None
     # What the TorchScript module returns for a (N, 3, H, W) float batch: (N, len(labels)).
     output_kind: Literal["probabilities", "logits"]
     sha256: str = Field(pattern=SHA256_HEX)  # of model.pt's bytes
@@ -75,6 +79,26 @@ class ArtifactMetadata(BaseModel):
         if min(self.std) <= 0:
             raise ValueError(f"std {self.std} must be > 0 in every channel")
         return self
+
+    @model_validator(mode="after")
+    def _thresholds_match_labels(self) -> ArtifactMetadata:
+        if self.thresholds is None:
+            return self
+        if set(self.thresholds) != set(self.labels):
+            missing = sorted(set(self.labels) - set(self.thresholds))
+            unknown = sorted(set(self.thresholds) - set(self.labels))
+            raise ValueError(
+                f"thresholds must have one entry per label: missing {missing}, unknown {unknown}"
+            )
+        outside = {k: v for k, v in self.thresholds.items() if not 0.0 < v < 1.0}
+        if outside:
+            raise ValueError(f"thresholds must lie in (0, 1): {outside}")
+        return self
+
+    def label_thresholds(self) -> list[float]:
+        """Each label's threshold in ``labels`` order: its tuned one, else ``threshold``."""
+        tuned = self.thresholds or {}
+        return [tuned.get(label, self.threshold) for label in self.labels]
 
     @property
     def height(self) -> int:

@@ -60,7 +60,7 @@ logger = logging.getLogger("ray.serve")
 # model. Paths (training data, checkpoints, the store) stay in the store's metadata.json.
 PUBLIC_FIELDS = (
     "name", "version", "labels", "input_size", "mean", "std", "interpolation", "threshold",
-    "output_kind", "backbone", "created_at", "format_version", "metrics",
+    "thresholds", "output_kind", "backbone", "created_at", "format_version", "metrics",
 )  # fmt: skip
 PUBLIC_TRAINING_FIELDS = (
     "epochs_trained", "max_epochs", "samples", "num_workers", "use_gpu", "pretrained",
@@ -393,5 +393,12 @@ def _predictions(
 ) -> Predictions:
     meta = model.metadata
     return Predictions(
-        meta.name, meta.version, tuple(meta.labels), meta.threshold, probs, mismatch, rejected
+        meta.name,
+        meta.version,
+        tuple(meta.labels),
+        meta.threshold,
+        probs,
+        mismatch,
+        rejected,
+        thresholds=model.thresholds,
     )

@@ -49,6 +49,9 @@ class LoadedModel:
     std: torch.Tensor  # (1, 3, 1, 1)
     device: torch.device
     dtype: torch.dtype
+    # (num_labels,) float32: each label's tuned threshold in ``labels`` order; None when the
+    # artifact has none (``metadata.threshold`` for every label).
+    thresholds: np.ndarray | None = None
 
     @property
     def version(self) -> str:
@@ -103,8 +106,12 @@ def load_model(
     # Normalisation folded to one multiply-add on uint8 input: (x/255 - mean)/std.
     mean = torch.tensor(meta.mean, device=device, dtype=dtype).view(1, 3, 1, 1) * 255.0
     std = torch.tensor(meta.std, device=device, dtype=dtype).view(1, 3, 1, 1) * 255.0
+    thresholds = None
+    if meta.thresholds is not None:
+        thresholds = np.asarray(meta.label_thresholds(), dtype=np.float32)
+        thresholds.flags.writeable = False  # shared by every Predictions of this version
     loaded = LoadedModel(
-        artifact.uri, meta, PreprocessSpec.of(meta), module, mean, std, device, dtype
+        artifact.uri, meta, PreprocessSpec.of(meta), module, mean, std, device, dtype, thresholds
     )
     if warm_up:
         warm_up_model(loaded)

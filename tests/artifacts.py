@@ -46,7 +46,10 @@ def write_tiny_artifact(
     output_kind: str = "logits",
     signing_key: str | None = None,
     interpolation: str = "bilinear",
+    thresholds: dict[str, float] | None = None,
 ) -> LoadedArtifact:
+    """``thresholds``: per-label tuned thresholds to store (e.g. tuned_thresholds()); None
+    writes an artifact with the single ``threshold`` only, as before tuning existed."""
     model = TinyNet(len(CELEBA_LABELS))
     if output_kind == "probabilities":
         model = nn.Sequential(model, nn.Sigmoid())
@@ -66,7 +69,14 @@ def write_tiny_artifact(
             "output_kind": output_kind,
             "backbone": "tiny-test-net",
             "metrics": {"val_auroc": 0.5},
+            **({"thresholds": thresholds} if thresholds is not None else {}),
         },
         version=version,
         signing_key=signing_key,
     )
+
+
+def tuned_thresholds(labels: tuple[str, ...] = CELEBA_LABELS) -> dict[str, float]:
+    """Distinct per-label thresholds, none equal to the single 0.5: label i gets
+    0.1 + 0.02 * i (0.10 .. 0.88 for 40 labels), so a test can tell which one judged a label."""
+    return {label: round(0.1 + 0.02 * i, 2) for i, label in enumerate(labels)}

@@ -18,7 +18,7 @@ import fsspec.implementations.local
 import pytest
 
 from model_store import ArtifactError, load_artifact, save_artifact
-from tests.artifacts import CELEBA_LABELS, write_tiny_artifact
+from tests.artifacts import CELEBA_LABELS, tuned_thresholds, write_tiny_artifact
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +54,15 @@ def test_edited_metadata_is_refused(tmp_path, edit):
     with pytest.raises(ArtifactError, match=r"digest mismatch(.|\n)*re-export") as caught:
         load_artifact(art.uri)
     assert "metadata.json" in str(caught.value)
+
+
+def test_edited_tuned_threshold_is_refused(tmp_path):
+    """A per-label threshold tuned at export and edited afterwards (still valid metadata)."""
+    art = write_tiny_artifact(str(tmp_path), version="x", thresholds=tuned_thresholds())
+    assert load_artifact(art.uri).metadata.thresholds == tuned_thresholds()
+    _edit_metadata(tmp_path, "x", lambda meta: meta["thresholds"].update(Smiling=0.05))
+    with pytest.raises(ArtifactError, match="digest mismatch"):
+        load_artifact(art.uri)
 
 
 def test_untouched_artifact_still_loads_after_reformatting_json(tmp_path):

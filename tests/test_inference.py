@@ -14,9 +14,9 @@ import pytest
 import torch
 
 from serve_app.decode import decode_image
-from serve_app.face_attribute_model import FaceAttributeModel
+from serve_app.face_attribute_model import FaceAttributeModel, public_metadata
 from serve_app.protocol import PreprocessSpec
-from tests.artifacts import write_tiny_artifact
+from tests.artifacts import CELEBA_LABELS, tuned_thresholds, write_tiny_artifact
 from train_job.synthetic import generate
 
 Replica = FaceAttributeModel.func_or_class  # the class Serve would run in a replica
@@ -103,6 +103,31 @@ def test_loop_answers_in_milliseconds_while_the_device_is_busy(tiny_uri, monkeyp
     worst, total = asyncio.run(run())
     assert total >= 0.8
     assert worst < 0.05, f"the loop stalled {worst * 1000:.0f} ms during a forward"
+
+
+def test_predictions_carry_the_artifacts_tuned_thresholds(tmp_path, tiny_uri):
+    """The replica hands the ingress each label's tuned threshold, in labels order, with every
+    result and in the public metadata describe() serves (describe() itself needs a Serve replica
+    context); an artifact without them: None (the single threshold)."""
+    tuned = write_tiny_artifact(str(tmp_path), version="tuned", thresholds=tuned_thresholds())
+
+    async def run(uri: str):
+        replica = await started(uri)
+        spec = replica.preprocess_spec()
+        files = await replica.predict_files([b"not an image"])
+        return await replica.predict(pixels(2, spec), spec), files, public_metadata(replica._model)
+
+    result, from_files, described = asyncio.run(run(tuned.uri))
+    expected = np.array([tuned_thresholds()[label] for label in CELEBA_LABELS], np.float32)
+    for predictions in (result, from_files):
+        assert predictions.thresholds.dtype == np.float32
+        np.testing.assert_array_equal(predictions.thresholds, expected)
+    np.testing.assert_array_equal(result.result(1).thresholds, expected)
+    assert described["thresholds"] == tuned_thresholds()
+
+    old, _, old_described = asyncio.run(run(tiny_uri))
+    assert old.thresholds is None and old.result(0).thresholds is None
+    assert old_described["thresholds"] is None and old_described["threshold"] == 0.5
 
 
 @pytest.mark.parametrize(("precision", "tolerance"), [("float16", 0.01), ("bfloat16", 0.03)])

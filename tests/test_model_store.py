@@ -14,6 +14,7 @@ from torch import nn
 
 from model_store import (
     ArtifactError,
+    ArtifactMetadata,
     export_torchscript,
     list_versions,
     load_artifact,
@@ -22,7 +23,7 @@ from model_store import (
     save_artifact,
 )
 from model_store.store import resolve_model_uri
-from tests.artifacts import TinyNet, write_tiny_artifact
+from tests.artifacts import CELEBA_LABELS, TinyNet, tuned_thresholds, write_tiny_artifact
 from train_job.synthetic import draw_attributes, render_face
 
 
@@ -60,6 +61,34 @@ def test_metadata_is_self_describing(tmp_path):
     ):
         assert key in meta, key
     assert len(meta["labels"]) == 40
+
+
+def test_tuned_thresholds_round_trip_and_old_artifacts_load_without_them(tmp_path):
+    tuned = write_tiny_artifact(str(tmp_path), version="tuned", thresholds=tuned_thresholds())
+    meta = load_artifact(tuned.uri).metadata
+    assert meta.thresholds == tuned_thresholds()
+    assert meta.label_thresholds() == [tuned_thresholds()[label] for label in CELEBA_LABELS]
+    old = load_artifact(write_tiny_artifact(str(tmp_path), version="old").uri).metadata
+    assert old.thresholds is None  # an artifact written before tuning existed
+    assert old.label_thresholds() == [old.threshold] * len(CELEBA_LABELS)
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.pop("Smiling"),
+        lambda t: t.update(Not_A_Label=0.5),
+        lambda t: t.update(Smiling=1.0),
+        lambda t: t.update(Smiling=0.0),
+    ],
+    ids=["label missing", "unknown label", "one", "zero"],
+)
+def test_thresholds_must_name_every_label_once_within_0_and_1(tmp_path, edit):
+    meta = write_tiny_artifact(str(tmp_path), version="v").metadata.model_dump()
+    thresholds = tuned_thresholds()
+    edit(thresholds)
+    with pytest.raises(ValueError, match="thresholds"):
+        ArtifactMetadata(**{**meta, "thresholds": thresholds})
 
 
 def test_fsspec_uri_store(tmp_path):

@@ -17,6 +17,7 @@ from serve_app.protocol import PREPROCESS_FIELDS, ModelNotReady, PreprocessSpec
 NOT_PREPROCESSING = {
     "format", "format_version", "name", "version", "labels", "threshold", "output_kind",
     "sha256", "digest", "signature", "backbone", "created_at", "metrics", "training",
+    "thresholds",  # per-label decision thresholds: change decisions, not pixels
 }  # fmt: skip
 
 
