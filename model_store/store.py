@@ -358,6 +358,11 @@ def list_versions(store_uri: str) -> list[dict[str, Any]]:
                     "input_size": meta.get("input_size"),
                     "val_auroc": meta.get("metrics", {}).get("val_auroc"),
                     "test_auroc": meta.get("metrics", {}).get("test_auroc"),
+                    # Macro test F1 with the per-label tuned thresholds / the single one.
+                    "test_f1_tuned": meta.get("metrics", {}).get("test_f1_tuned"),
+                    "test_f1_single": meta.get("metrics", {}).get("test_f1_single"),
+                    "test_accuracy_tuned": meta.get("metrics", {}).get("test_accuracy_tuned"),
+                    "test_accuracy_single": meta.get("metrics", {}).get("test_accuracy_single"),
                     "size_bytes": size,
                     "created_at": meta.get("created_at"),
                     "path": version_dir,

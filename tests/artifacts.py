@@ -47,6 +47,7 @@ def write_tiny_artifact(
     signing_key: str | None = None,
     interpolation: str = "bilinear",
     thresholds: dict[str, float] | None = None,
+    metrics: dict | None = None,
 ) -> LoadedArtifact:
     """``thresholds``: per-label tuned thresholds to store (e.g. tuned_thresholds()); None
     writes an artifact with the single ``threshold`` only, as before tuning existed."""
@@ -68,7 +69,7 @@ def write_tiny_artifact(
             "threshold": 0.5,
             "output_kind": output_kind,
             "backbone": "tiny-test-net",
-            "metrics": {"val_auroc": 0.5},
+            "metrics": {"val_auroc": 0.5} if metrics is None else metrics,
             **({"thresholds": thresholds} if thresholds is not None else {}),
         },
         version=version,

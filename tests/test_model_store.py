@@ -143,8 +143,15 @@ def test_export_matches_eager_and_refuses_drift():
 
 
 def test_models_list_cli(tmp_path):
+    """An artifact from before threshold tuning shows "-" in the F1/accuracy columns."""
     write_tiny_artifact(str(tmp_path), version="20260101-000000")
-    write_tiny_artifact(str(tmp_path), version="20260102-000000")
+    decisions = {
+        "test_f1_tuned": 0.61234, "test_f1_single": 0.52345,
+        "test_accuracy_tuned": 0.90001, "test_accuracy_single": 0.91002,
+    }  # fmt: skip
+    write_tiny_artifact(
+        str(tmp_path), version="20260102-000000", thresholds=tuned_thresholds(), metrics=decisions
+    )
     rows = list_versions(str(tmp_path))
     assert [r["version"] for r in rows] == ["20260102-000000", "20260101-000000"]
     out = subprocess.run(
@@ -152,6 +159,10 @@ def test_models_list_cli(tmp_path):
         capture_output=True, text=True, check=True,
     ).stdout  # fmt: skip
     assert "NAME" in out and "20260102-000000 (latest)" in out and "tiny-test-net" in out
+    assert "TEST F1 tuned/single" in out and "TEST ACC tuned/single" in out
+    tuned_row, old_row = out.splitlines()[1:3]
+    assert "0.6123/0.5234" in tuned_row and "0.9000/0.9100" in tuned_row
+    assert "0.6123" not in old_row and " - " in old_row
 
 
 # --- float16 / bfloat16 on CPU ----------------------------------------------------------------
@@ -294,7 +305,18 @@ def test_reexport_cli_turns_a_checkpoint_into_a_signed_format_2_artifact(tmp_pat
     )  # fmt: skip
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     assert "signed by" in result.stdout
+    assert "test F1    tuned" in result.stdout and "F1 tuned" in result.stdout
     artifact = load_artifact(str(tmp_path / "store" / "face-attributes"), str(public))
+    # Thresholds tuned on val, one per label (in (0, 1) by ArtifactMetadata's validation); the
+    # test split's F1/accuracy with them and with the single one, macro and per label.
+    meta = artifact.metadata
+    assert list(meta.thresholds) == list(ATTRIBUTES)
+    assert len(set(meta.thresholds.values())) > 1  # tuned, not the single one copied
+    for key in ("test_f1_tuned", "test_f1_single", "test_accuracy_tuned", "test_accuracy_single"):
+        assert 0.0 <= meta.metrics[key] <= 1.0, key
+    per_label = meta.metrics["test_f1_per_label"]
+    assert set(per_label) == set(ATTRIBUTES) and set(per_label["Smiling"]) == {"tuned", "single"}
+    assert "max F1" in meta.training["threshold_rule"]
     assert artifact.metadata.backbone == "small_cnn" and artifact.metadata.input_size == (32, 32)
     module = load_torchscript(artifact, torch.device("cpu"), torch.bfloat16)
     assert module(torch.zeros(2, 3, 32, 32, dtype=torch.bfloat16)).shape == (2, 40)

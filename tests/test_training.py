@@ -153,6 +153,7 @@ def test_bf16_mixed_ddp_run_prints_what_matters_exports_float32_leaves_no_temp_d
     assert "val_auroc=" in log  # progress bar
     table = run.stdout[run.stdout.index("=== Model exported ===") :]
     assert all(f"\n{name} " in table for name in RENDERED)
+    assert "test F1    tuned" in table  # tuned vs single threshold, macro over attributes
 
     assert leftover_temp_dirs(run_name) - before == set()
 
@@ -165,6 +166,7 @@ def test_bf16_mixed_ddp_run_prints_what_matters_exports_float32_leaves_no_temp_d
 
     artifact = load_artifact(str(store / "face-attributes" / "latest"))
     assert artifact.metadata.training["precision"] == "bf16-mixed"
+    assert list(artifact.metadata.thresholds) == artifact.metadata.labels  # tuned on val
     scripted = torch.jit.load(io.BytesIO(artifact.model_bytes))
     assert {p.dtype for p in scripted.parameters()} == {torch.float32}
     eager = load_best_model(ray.train.Checkpoint(artifact.metadata.training["checkpoint"]))

@@ -9,7 +9,13 @@ from model_store import list_versions
 
 
 def format_table(rows: list[dict]) -> str:
-    header = ("NAME", "VERSION", "BACKBONE", "INPUT", "VAL AUROC", "TEST AUROC", "SIZE", "CREATED")
+    """TEST F1 / TEST ACC: macro over attributes on the test split, "tuned/single": with each
+    attribute's threshold tuned on validation / with the single threshold ("-": an artifact
+    exported before tuning existed)."""
+    header = (
+        "NAME", "VERSION", "BACKBONE", "INPUT", "VAL AUROC", "TEST AUROC",
+        "TEST F1 tuned/single", "TEST ACC tuned/single", "SIZE", "CREATED",
+    )  # fmt: skip
     lines = [header]
     for r in rows:
         size = f"{r['size_bytes'] / 1e6:.1f} MB"
@@ -24,6 +30,8 @@ def format_table(rows: list[dict]) -> str:
                 inp,
                 auc(r["val_auroc"]),
                 auc(r["test_auroc"]),
+                _pair(r.get("test_f1_tuned"), r.get("test_f1_single")),
+                _pair(r.get("test_accuracy_tuned"), r.get("test_accuracy_single")),
                 size,
                 (r["created_at"] or "-")[:19],
             )
@@ -32,6 +40,13 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(
         "  ".join(str(c).ljust(w) for c, w in zip(line, widths)).rstrip() for line in lines
     )
+
+
+def _pair(tuned: float | None, single: float | None) -> str:
+    if tuned is None and single is None:
+        return "-"
+    fmt = lambda v: "-" if v is None else f"{v:.4f}"  # noqa: E731
+    return f"{fmt(tuned)}/{fmt(single)}"
 
 
 def main(argv: list[str] | None = None) -> int:
