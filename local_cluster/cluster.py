@@ -16,8 +16,10 @@ How a cluster.yaml node type maps to a local node (one source of truth: cluster.
 - The head keeps ``CPU: 0`` (nothing scheduled there), as in cluster.yaml.
 - Not in cluster.yaml, added locally: each node's object store is ``OBJECT_STORE_BYTES`` (every
   fake node shares this machine's /dev/shm; Ray's default, 30% of memory per node, would
-  oversubscribe it), and each node carries the label ``LABEL_NODE_TYPE`` naming its type, so
-  tests read placement from Ray's state API.
+  oversubscribe it).
+- ``labels``: as declared; cluster.yaml must label each worker type with its own name under
+  ``LABEL_NODE_TYPE`` (an error otherwise): config.gpu.yaml's Ingress selects cpu-workers nodes
+  by it, and tests read placement from Ray's state API by it. The head is labelled here.
 
 A Serve config sized for the real nodes fits the local ones once its actors' ``num_cpus`` are
 scaled by the same factor: ``scale_serve_config``. The fast path (serve.env: HAProxy, direct
@@ -63,7 +65,9 @@ CLUSTER_YAML = ROOT / "cluster.yaml"
 CPU_SCALE = 1 / 4
 OBJECT_STORE_BYTES = 256 * 1024**2
 HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
-LABEL_NODE_TYPE = "local-cluster/node-type"
+# cluster.yaml labels every worker type with its name under this key (config.gpu.yaml's Ingress
+# selects cpu-workers by it); the head, which cluster.yaml does not label, gets it here.
+LABEL_NODE_TYPE = "face-attributes/node-type"
 
 
 def free_port() -> int:
@@ -112,12 +116,18 @@ def local_node_types(
             if max_workers[name] > cap:
                 raise ValueError(f"{name}: max_workers {max_workers[name]} > cluster.yaml's {cap}")
             cap = max_workers[name]
+        labels = spec.get("labels") or {}
+        if labels.get(LABEL_NODE_TYPE) != name:
+            raise ValueError(
+                f"cluster.yaml's node type {name!r} must be labelled {LABEL_NODE_TYPE}: {name} "
+                "(label_selectors in config.gpu.yaml place replicas by it)"
+            )
         workers[name] = {
             "resources": {
                 **scale_resources(declared),
                 "object_store_memory": OBJECT_STORE_BYTES,
             },
-            "labels": {LABEL_NODE_TYPE: name},
+            "labels": dict(labels),
             "min_workers": min(spec.get("min_workers", 0), cap),
             "max_workers": cap,
             "node_config": {},

@@ -109,10 +109,27 @@ def file_chunks(files: list[bytes], max_bytes: int = MAX_CALL_BYTES) -> list[lis
     return chunks
 
 
+# How long a model call may wait for a replica to take it. Serve's router holds a call without
+# bound while the deployment has no running replica (a lost node's replacement: ~20 s on the
+# local cluster, minutes where a GPU node must be launched): clients waited instead of getting a
+# 503 (tests/cluster/test_cluster_operations.py). A call waits here only for a free slot on a
+# running replica otherwise (max_ongoing_requests), which the ingress's own cap keeps short.
+ASSIGN_TIMEOUT_S = 1.0
+
+
 async def call_model(method, *args) -> Any:
     """``await method.remote(*args)`` on the model deployment, Ray's failures as the API's 503s."""
     try:
-        return await method.remote(*args)
+        response = method.remote(*args)
+        try:
+            # The assignment step of ``await response`` (Ray 2.60's DeploymentResponse), bounded.
+            await asyncio.wait_for(
+                asyncio.shield(response._fetch_future_result_async()), ASSIGN_TIMEOUT_S
+            )
+        except asyncio.TimeoutError:
+            response.cancel()
+            raise model_unavailable("no model replica is running; retry") from None
+        return await response
     except BackPressureError as e:
         raise overloaded() from e
     except DeploymentUnavailableError as e:

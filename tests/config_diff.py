@@ -17,6 +17,9 @@ GPU_OVERRIDES = frozenset(
         "FaceAttributeModel.autoscaling_config.max_replicas",
         "FaceAttributeModel.user_config.max_batch_size",
         "FaceAttributeModel.user_config.batch_wait_timeout_s",
+        # On a cluster the Ingress stays on cpu-workers nodes (cluster.yaml's labels); one
+        # machine's node has no such label.
+        "Ingress.ray_actor_options.label_selector.face-attributes/node-type",
     }
 )
 

@@ -17,6 +17,7 @@ import yaml
 from local_cluster.cluster import (
     CLUSTER_YAML,
     CPU_SCALE,
+    LABEL_NODE_TYPE,
     LocalCluster,
     load_node_types,
     local_node_types,
@@ -147,3 +148,29 @@ def test_gpu_config_places_model_on_gpu_nodes_and_ingress_on_cpu_nodes(tmp_path)
     assert "torch sees no CUDA device" in message
     assert any(f"Ray node id {node}" in message for node in result["gpu_node_ids"]), message
     assert result["left_processes"] == []
+
+
+def test_helper_refuses_a_type_without_its_node_type_label(tmp_path):
+    """config.gpu.yaml's Ingress selects cpu-workers by label: a type cluster.yaml does not label
+    would take no Ingress anywhere, silently."""
+    config = yaml.safe_load(CLUSTER_YAML.read_text())
+    del config["available_node_types"]["cpu-workers"]["labels"]
+    path = tmp_path / "cluster.yaml"
+    path.write_text(yaml.safe_dump(config))
+    with pytest.raises(ValueError, match=LABEL_NODE_TYPE):
+        local_node_types(path)
+
+
+def test_gpu_ingress_selects_the_label_cluster_yaml_and_the_rayservice_give_cpu_workers():
+    """The lost-ingress-node scenario placed the Ingress's replacement on a gpu-workers node
+    (it asked only for num_cpus); now it selects cpu-workers, in every place that says so."""
+    types = yaml.safe_load(CLUSTER_YAML.read_text())["available_node_types"]
+    assert types["cpu-workers"]["labels"] == {LABEL_NODE_TYPE: "cpu-workers"}
+    assert types["gpu-workers"]["labels"] == {LABEL_NODE_TYPE: "gpu-workers"}
+    app = yaml.safe_load((ROOT / "config.gpu.yaml").read_text())["applications"][0]
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    assert ingress["ray_actor_options"]["label_selector"] == {LABEL_NODE_TYPE: "cpu-workers"}
+    service = yaml.safe_load((ROOT / "kuberay" / "rayservice.yaml").read_text())["spec"]
+    groups = {g["groupName"]: g for g in service["rayClusterConfig"]["workerGroupSpecs"]}
+    for name in ("cpu-workers", "gpu-workers"):
+        assert groups[name]["labels"] == {LABEL_NODE_TYPE: name}
