@@ -1,10 +1,15 @@
-"""Scaling, node loss and training across nodes on one local cluster (issue #14 items 3-5).
+"""Placement, scaling, node loss and training across nodes on one local cluster (issue #14
+items 2-5).
 
     python -m tests.cluster.operations_scenario OUT.json [PHASE ...]
 
 Run as a script (its own Ray: a LocalCluster, not the test session's). One cluster start is
 shared by the phases, which run in this order (default: all):
 
+- ``placement``: config.gpu.yaml (num_gpus as shipped, device: auto) serves a real request;
+  where Serve's replicas run, read from Serve's details and checked against Ray's own record
+  of each actor, and the model replicas' "device: auto -> cpu" log lines (fake GPU nodes:
+  torch sees no CUDA).
 - ``scale``: under a closed-loop load the model deployment scales 1 -> 2, the autoscaler adds
   a second gpu-workers node for the new replica; after the load the replica, then the node
   (idle timeout shortened to IDLE_TIMEOUT_MINUTES), go away. A timeline of wall-clock events.
@@ -13,6 +18,8 @@ shared by the phases, which run in this order (default: all):
   kill_node); what clients saw, how long until every answer is a prompt 200 again, where the
   replacement replica landed.
 - ``ingress_node_loss``: the same for the node of the only Ingress replica.
+- ``cuda_refused``: redeployed with device: cuda, the model deployment must fail, and Serve's
+  message must name the (GPU-type) node torch found no CUDA on.
 - ``training``: ``python -m train_job`` with 2 workers, STRICT_SPREAD (two different
   cpu-workers nodes, read from Ray's state API), checkpoints under a local directory (every
   fake node is this machine, so a local dir is storage all of them reach: on a real cluster
@@ -58,6 +65,7 @@ for _name, _value in serve_env().items():
     _value = str(ROOT / _value) if _value.startswith("serve_app/") else _value
     os.environ.setdefault(_name, _value)
 
+import httpx  # noqa: E402
 import ray  # noqa: E402
 import yaml  # noqa: E402
 from ray import serve  # noqa: E402
@@ -78,7 +86,8 @@ from tests.cluster.load import ClosedLoopLoad, summarise  # noqa: E402
 
 APP = "face-attributes"
 MODEL, INGRESS = "FaceAttributeModel", "Ingress"
-PHASES = ("scale", "model_node_loss", "ingress_node_loss", "training")
+PHASES = ("placement", "scale", "model_node_loss", "ingress_node_loss", "cuda_refused", "training")
+AUTO_LOG = "device: auto -> cpu"
 # cluster.yaml says 10 minutes; a test cannot wait that long for a node to go.
 IDLE_TIMEOUT_MINUTES = 0.1
 # cpu-workers: ingress node, its replacement, two training nodes and a replacement, minus the
@@ -121,6 +130,32 @@ def replicas(client: ServeSubmissionClient, deployment: str) -> list[dict]:
 
 def running(client: ServeSubmissionClient, deployment: str) -> list[dict]:
     return [r for r in replicas(client, deployment) if r["state"] == "RUNNING"]
+
+
+def placement(client: ServeSubmissionClient) -> dict[str, list[dict]]:
+    """Serve's replica details, each checked against Ray's own record of the actor."""
+    types = node_types()
+    actors = {a.actor_id: a for a in list_actors(filters=[("state", "=", "ALIVE")], detail=True)}
+    app = client.get_serve_details()["applications"][APP]
+    return {
+        name: [
+            {
+                "node_id": r["node_id"],
+                "actor_node_id": actors[r["actor_id"]].node_id if r["actor_id"] in actors else None,
+                "node_type": types.get(r["node_id"], "?"),
+                "state": r["state"],
+            }
+            for r in deployment["replicas"]
+        ]
+        for name, deployment in app["deployments"].items()
+    }
+
+
+def auto_log_lines(temp_dir: str) -> list[str]:
+    """Lines of the model replicas' logs that say device: auto fell back to CPU."""
+    # session_latest only: it is a link to the session_* dir, which a wider glob would read twice.
+    logs = Path(temp_dir).glob(f"session_latest/logs/serve/replica_*{MODEL}*.log")
+    return [line for path in logs for line in path.read_text().splitlines() if AUTO_LOG in line]
 
 
 def raylet_pids(cluster: LocalCluster, node_id: str) -> list[int]:
@@ -273,6 +308,41 @@ class Timeline:
     def wait(self, name: str, timeout: float) -> float:
         wait_for(lambda: name in self.seen, timeout, name, interval=0.2)
         return self.seen[name]
+
+
+def phase_placement(cluster: LocalCluster, client: ServeSubmissionClient, url: str) -> dict:
+    with httpx.Client(base_url=url, timeout=30) as http:
+        status = wait_for(
+            lambda: (
+                http.post("/classify", files={"image": ("a.jpg", images.solid())}).status_code
+                == 200
+                and 200
+            ),
+            60,
+            "a 200 from /classify",
+        )
+    return {
+        "status": status,
+        "nodes": node_types(),
+        "replicas": placement(client),
+        "auto_log_lines": auto_log_lines(cluster.temp_dir),
+    }
+
+
+def phase_cuda_refused(client: ServeSubmissionClient, model_uri: str, port: int) -> dict:
+    config = app_config(model_uri, port, 1)
+    config["applications"][0]["args"]["device"] = "cuda"
+    client.deploy_applications(config)
+
+    def failed():
+        status = serve.status().applications.get(APP)
+        model = status and status.deployments.get(MODEL)
+        return model if model and model.status == "DEPLOY_FAILED" else None
+
+    model = wait_for(failed, 240, "device: cuda to fail")
+    gpu_nodes = [i for i, t in node_types(alive_only=True).items() if t == "gpu-workers"]
+    serve.delete(APP)  # its replicas would keep failing to start, on cores training needs
+    return {"status": str(model.status), "message": model.message, "gpu_node_ids": gpu_nodes}
 
 
 def phase_scale(cluster: LocalCluster, client: ServeSubmissionClient, url: str) -> dict:
@@ -508,7 +578,9 @@ def main(out_path: str, phases: list[str]) -> None:
     cluster = LocalCluster(max_workers=MAX_WORKERS, idle_timeout_minutes=IDLE_TIMEOUT_MINUTES)
     cluster.start()
     try:
-        os.environ["RAY_ADDRESS"] = cluster.address  # for the state API (see placement_scenario)
+        os.environ["RAY_ADDRESS"] = (
+            cluster.address
+        )  # the state API: auto-detection sees two addresses
         ray.init(cluster.address, log_to_driver=False)
         client = ServeSubmissionClient(cluster.dashboard_url)
         port = free_port()
@@ -521,7 +593,11 @@ def main(out_path: str, phases: list[str]) -> None:
         for phase in phases:
             started = now()
             try:
-                if phase == "scale":
+                if phase == "placement":
+                    result[phase] = phase_placement(cluster, client, url)
+                elif phase == "cuda_refused":
+                    result[phase] = phase_cuda_refused(client, model_uri, port)
+                elif phase == "scale":
                     result[phase] = phase_scale(cluster, client, url)
                 elif phase.endswith("_loss"):
                     if max_replicas > 1:  # one model replica from here on

@@ -55,6 +55,30 @@ def phase(operations: dict, name: str) -> dict:
     return result
 
 
+def test_gpu_config_places_model_on_gpu_nodes_and_ingress_on_cpu_nodes(operations):
+    result = phase(operations, "placement")
+    assert result["status"] == 200
+    types = result["nodes"]
+    model, ingress = result["replicas"]["FaceAttributeModel"], result["replicas"]["Ingress"]
+    assert model and ingress
+    for replica in model:
+        assert replica["node_id"] == replica["actor_node_id"]  # Serve and Ray agree
+        assert types[replica["node_id"]] == "gpu-workers"
+    for replica in ingress:
+        assert replica["node_id"] == replica["actor_node_id"]
+        assert types[replica["node_id"]] == "cpu-workers"
+    # device: auto on a GPU-labelled node where torch sees no CUDA: one line per replica.
+    assert len(result["auto_log_lines"]) == len(model), result["auto_log_lines"]
+    assert all(r["node_id"] in line for r, line in zip(model, result["auto_log_lines"]))
+
+
+def test_device_cuda_refuses_to_start_and_names_the_node(operations):
+    result = phase(operations, "cuda_refused")
+    assert result["status"].endswith("DEPLOY_FAILED")
+    assert "torch sees no CUDA device" in result["message"]
+    assert any(f"Ray node id {n}" in result["message"] for n in result["gpu_node_ids"]), result
+
+
 def test_model_scales_onto_a_new_gpu_node_and_both_go_after_the_load(operations):
     scale = phase(operations, "scale")
     t = scale["timeline_s"]

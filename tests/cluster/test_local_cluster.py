@@ -1,15 +1,10 @@
-"""The local cluster (local_cluster/) against cluster.yaml, and placement on it (issue #14).
-
-The placement test needs its own Ray (a head and autoscaled workers), not the session's shared
-one: it runs tests/cluster/placement_scenario.py in a subprocess and checks the JSON it writes.
-"""
+"""The local cluster (local_cluster/) against cluster.yaml (issue #14). What runs on it
+(placement, scaling, node loss, training) is tests/cluster/test_cluster_operations.py, one
+cluster start for all of it."""
 
 from __future__ import annotations
 
 import copy
-import json
-import subprocess
-import sys
 
 import pytest
 import yaml
@@ -108,46 +103,6 @@ def test_serve_config_scaling_keeps_gpus_and_scales_cpus():
         assert after[name].get("num_gpus") == options.get("num_gpus")
     assert config == yaml.safe_load((ROOT / "config.gpu.yaml").read_text())  # not mutated
     assert copy.deepcopy(scaled) == scale_serve_config(config)
-
-
-@pytest.mark.cluster
-@pytest.mark.slow
-@pytest.mark.own_ray  # a whole local cluster with its own Serve (8404/9101)
-def test_gpu_config_places_model_on_gpu_nodes_and_ingress_on_cpu_nodes(tmp_path):
-    out = tmp_path / "placement.json"
-    run = subprocess.run(
-        [sys.executable, "-m", "tests.cluster.placement_scenario", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=480,
-    )
-    assert out.exists(), run.stderr[-3000:]
-    result = json.loads(out.read_text())
-    assert run.returncode == 0, json.dumps(result.get("diagnosis"), indent=1) + run.stderr[-3000:]
-    (ROOT / "test-output").mkdir(exist_ok=True)
-    (ROOT / "test-output" / "cluster_placement.json").write_text(json.dumps(result, indent=2))
-
-    assert result["status"] == 200
-    types = result["nodes"]
-    model = result["replicas"]["FaceAttributeModel"]
-    ingress = result["replicas"]["Ingress"]
-    assert model and ingress
-    for replica in model:
-        assert replica["node_id"] == replica["actor_node_id"]  # Serve and Ray agree
-        assert types[replica["node_id"]] == "gpu-workers"
-    for replica in ingress:
-        assert replica["node_id"] == replica["actor_node_id"]
-        assert types[replica["node_id"]] == "cpu-workers"
-    # device: auto on a GPU-labelled node where torch sees no CUDA: one line per replica.
-    assert len(result["auto_log_lines"]) == len(model), result["auto_log_lines"]
-    assert all(r["node_id"] in line for r, line in zip(model, result["auto_log_lines"]))
-    # device: cuda refuses to start and names the (GPU-type) node it was placed on.
-    assert result["cuda"]["status"].endswith("DEPLOY_FAILED")
-    message = result["cuda"]["message"]
-    assert "torch sees no CUDA device" in message
-    assert any(f"Ray node id {node}" in message for node in result["gpu_node_ids"]), message
-    assert result["left_processes"] == []
 
 
 def test_helper_refuses_a_type_without_its_node_type_label(tmp_path):
