@@ -2,8 +2,8 @@
 written to the model store (signed when TrainConfig.signing_key is set).
 
 Each attribute's decision threshold is tuned on the validation split (max F1, exact over the
-sorted validation scores; an attribute with no positive in validation keeps the single
-``--threshold``; train_job/thresholds.py) and stored in metadata ``thresholds``; the test split's
+sorted validation scores; an attribute whose validation split has no positive, no negative, or
+an AUROC within chance keeps the single ``--threshold``; train_job/thresholds.py) and stored in metadata ``thresholds``; the test split's
 F1 and accuracy with them and with the single threshold go in ``metrics``.
 
 Also a command: ``python -m train_job.export --checkpoint DIR --data-dir DIR ...`` re-exports

@@ -12,8 +12,17 @@ changes. The threshold is the midpoint between the k-th and the (k+1)-th distinc
 the lowest score when calling all positive), so ``p >= t`` and ``p > t`` decide the same on
 validation, and clipped into [MIN_THRESHOLD, MAX_THRESHOLD] because the artifact stores each in
 the open interval (0, 1). Ties in F1 keep the highest threshold (the fewest positives).
-Fallback: an attribute with no positive in validation (F1 is 0 at every threshold) keeps the
-single threshold.
+Fallback: an attribute keeps the single threshold when validation cannot tell its positives
+from its negatives: no positive (F1 is 0 at every threshold), no negative, or a validation AUROC
+not above chance by two standard errors of the AUROC of random scores (Mann-Whitney:
+``0.5 + 2 * sqrt((P + N + 1) / (12 P N))``, one-sided p ~ 0.02). Why the last: on scores that
+carry no signal, max F1 degenerates into "call (almost) everything positive". Measured on
+``make train``'s synthetic data (resnet18, 64 px, 4 epochs; 300 validation images; the 17
+attributes drawn at random and not rendered, by design): without this fallback their tuned
+thresholds were 0.04-0.27 and the test split's macro accuracy fell from 0.890 (single 0.5) to
+0.756; their val AUROC was 0.41-0.57 against bounds of 0.57-0.64, the 23 learnable ones'
+0.82-1.00 (all tuned, to 0.23-0.67). With it: test macro F1 0.580 tuned vs 0.575 single,
+accuracy 0.889 vs 0.890 (over the 23 tuned attributes: F1 0.924 vs 0.915).
 """
 
 from __future__ import annotations
@@ -24,9 +33,11 @@ import numpy as np
 
 MIN_THRESHOLD = 1e-6
 MAX_THRESHOLD = 1 - 1e-6
+CHANCE_STANDARD_ERRORS = 2.0
 RULE = (
     "max F1 per attribute on the validation split, exact over the sorted scores (midpoints); "
-    "attributes without a positive in validation keep the single threshold"
+    "attributes without a positive or a negative in validation, or whose validation AUROC is "
+    "not above 0.5 by 2 standard errors of chance, keep the single threshold"
 )
 
 
@@ -49,6 +60,36 @@ def best_f1_threshold(scores: np.ndarray, targets: np.ndarray) -> float | None:
     return float(np.clip(threshold, MIN_THRESHOLD, MAX_THRESHOLD))
 
 
+def auroc(scores: np.ndarray, targets: np.ndarray) -> float | None:
+    """(N,) scores and 0/1 targets -> Mann-Whitney AUROC, ties counted half; None without both
+    classes."""
+    positive = targets != 0
+    n_pos, n_neg = int(positive.sum()), int((~positive).sum())
+    if n_pos == 0 or n_neg == 0:
+        return None
+    _, inverse, counts = np.unique(scores, return_inverse=True, return_counts=True)
+    average_rank = np.cumsum(counts) - (counts - 1) / 2.0  # 1-based, ties share their mean
+    rank_sum = float(average_rank[inverse][positive].sum())
+    return (rank_sum - n_pos * (n_pos + 1) / 2.0) / (n_pos * n_neg)
+
+
+def chance_bound(positives: int, negatives: int) -> float:
+    """The AUROC that random scores stay below with one-sided p ~ 0.02 (2 standard errors of
+    the Mann-Whitney statistic under the null)."""
+    se = np.sqrt((positives + negatives + 1) / (12.0 * positives * negatives))
+    return float(0.5 + CHANCE_STANDARD_ERRORS * se)
+
+
+def separates_classes(scores: np.ndarray, targets: np.ndarray) -> bool:
+    """Whether validation shows signal to tune on: both classes present and AUROC above
+    chance_bound."""
+    area = auroc(scores, targets)
+    if area is None:
+        return False
+    positives = int(np.count_nonzero(targets))
+    return area > chance_bound(positives, len(targets) - positives)
+
+
 def tune_thresholds(
     scores: np.ndarray, targets: np.ndarray, labels: list[str], single: float
 ) -> dict[str, float]:
@@ -56,7 +97,8 @@ def tune_thresholds(
     {label: threshold} in labels order (see the module docstring for the rule)."""
     tuned = {}
     for j, label in enumerate(labels):
-        best = best_f1_threshold(scores[:, j], targets[:, j])
+        column, truth = scores[:, j], targets[:, j]
+        best = best_f1_threshold(column, truth) if separates_classes(column, truth) else None
         tuned[label] = single if best is None else round(best, 6)
     return tuned
 
