@@ -50,7 +50,10 @@ def main() -> None:
         sys.exit(f"no model at {args.model_uri}: run `make train` first")
 
     cluster = LocalCluster(idle_timeout_minutes=args.idle_timeout_minutes)
-    # Ctrl-C and SIGTERM both end in the finally below.
+    # Ctrl-C and SIGTERM both end in the finally below. SIGINT's handler is set explicitly: a
+    # process started with `&` from a non-interactive shell inherits SIGINT ignored, and Python
+    # then installs no KeyboardInterrupt handler (seen: `make cluster-demo &` ignored Ctrl-C).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
         cluster.start()
