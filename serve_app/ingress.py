@@ -1,7 +1,8 @@
 """The HTTP ingress deployment: decode -> predict (model deployment) -> encode.
 
-``__call__`` only routes and parses HTTP; ``classify`` and ``classify_many`` are the typed
-pipeline. Every failure leaves as {"error", "detail"} JSON with a 4xx/5xx status.
+``__call__`` only routes (from serve_app/api.py's ENDPOINTS, the source of the OpenAPI document)
+and parses HTTP; ``classify`` and ``classify_many`` are the typed pipeline. Every failure leaves
+as {"error", "detail"} JSON with a 4xx/5xx status.
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
+from serve_app.api import DEFAULT_QUERY, ENDPOINTS, ClassifyQuery, parse_query
 from serve_app.batching import QueueFull
 from serve_app.config import AppArgs
 from serve_app.decode import decode_image, inspect_image
+from serve_app.docs_page import DOCS_HEADERS, DOCS_PAGE, docs_asset
 from serve_app.errors import ApiError, model_unavailable, overloaded
 from serve_app.explain import (
     ExplainQuery,
@@ -83,17 +86,47 @@ API_HEADERS = {
 }
 
 
-def encode_prediction(prediction: Prediction) -> dict[str, Any]:
-    """Stage 3: the response body, compatible with the seed service."""
+def judged_thresholds(prediction: Prediction, query: ClassifyQuery) -> list[float]:
+    """(num_labels,) the threshold each label is judged by: the asked number, or the label's
+    own tuned one when the artifact has them, else the model's single threshold."""
+    if query.threshold != "tuned":
+        return [float(query.threshold)] * len(prediction.labels)
+    if prediction.thresholds is not None:
+        return prediction.thresholds.tolist()
+    return [prediction.threshold] * len(prediction.labels)
+
+
+def encode_prediction(
+    prediction: Prediction, query: ClassifyQuery = DEFAULT_QUERY
+) -> dict[str, Any]:
+    """Stage 3: the response body, the seed service's plus each label's ``threshold``.
+
+    ``query.names`` restricts labels and probabilities to those attributes (an unknown one is
+    a 422); ``top_k`` answers the k most probable whatever their threshold."""
     probs = prediction.probabilities.tolist()
-    ranked = sorted(range(len(probs)), key=lambda i: probs[i], reverse=True)
+    thresholds = judged_thresholds(prediction, query)
+    names = query.names
+    if names:
+        check_attributes(names, prediction.labels)  # the version that answered may differ
+        chosen = [prediction.labels.index(a) for a in names]
+    else:
+        chosen = range(len(probs))
+    ranked = sorted(chosen, key=lambda i: probs[i], reverse=True)
+    if query.top_k is not None:
+        ranked = ranked[: query.top_k]
+    else:
+        ranked = [i for i in ranked if probs[i] >= thresholds[i]]
     return {
         "labels": [
-            {"label_id": i, "label": prediction.labels[i], "probability": round(probs[i], 6)}
+            {
+                "label_id": i,
+                "label": prediction.labels[i],
+                "probability": round(probs[i], 6),
+                "threshold": round(thresholds[i], 6),
+            }
             for i in ranked
-            if probs[i] >= prediction.threshold
         ],
-        "probabilities": {label: round(p, 6) for label, p in zip(prediction.labels, probs)},
+        "probabilities": {prediction.labels[i]: round(probs[i], 6) for i in chosen},
         "model": {"name": prediction.name, "version": prediction.version},
     }
 
@@ -114,24 +147,21 @@ class Ingress:
         self._metrics = IngressMetrics()
         self._explains_running = 0  # at most args.explain_max_in_flight
         self._labels: tuple[str, ...] | None = None  # the serving model's, as last seen
-        self._routes: dict[tuple[str, str], Handler] = {
-            ("GET", "/"): self._page,
-            ("POST", "/classify"): self._classify_endpoint,
-            ("POST", "/classify/batch"): self._classify_batch_endpoint,
-            ("POST", "/explain"): self._explain_endpoint,
-            ("GET", "/healthz"): self._healthz,
-            ("GET", "/readyz"): self._readyz,
-            ("GET", "/metadata"): self._metadata,
-            ("GET", "/openapi.json"): self._openapi,
-        }
+        self._routes: dict[str, dict[str, Handler]] = {}
+        for endpoint in ENDPOINTS:
+            self._routes.setdefault(endpoint.path, {})[endpoint.method] = getattr(
+                self, endpoint.handler
+            )
+        self._openapi_body = JSONResponse(openapi_spec(self._args)).body
 
     async def __call__(self, request: Request) -> Response:
-        path = request.url.path.rstrip("/") or "/"
-        handler = self._routes.get((request.method, path))
+        path = route_of(request.url.path)
+        methods = self._routes.get(path)
+        handler = methods.get(request.method) if methods else None
         try:
             if handler is None:
-                allowed = ", ".join(m for (m, p) in self._routes if p == path)
-                if allowed:
+                if methods:
+                    allowed = ", ".join(methods)
                     raise ApiError(
                         405,
                         "method_not_allowed",
@@ -154,17 +184,19 @@ class Ingress:
 
     # ---- typed pipeline -------------------------------------------------------------------
 
-    async def classify(self, image: bytes) -> dict[str, Any]:
+    async def classify(self, image: bytes, query: ClassifyQuery = DEFAULT_QUERY) -> dict[str, Any]:
         """decode -> predict -> encode for one image."""
         prediction = await self._predict(image)
-        return encode_prediction(prediction)
+        return encode_prediction(prediction, query)
 
-    async def classify_many(self, images: list[bytes]) -> list[dict[str, Any]]:
+    async def classify_many(
+        self, images: list[bytes], query: ClassifyQuery = DEFAULT_QUERY
+    ) -> list[dict[str, Any]]:
         """One result or one per-image error for each image, in order; they batch together."""
 
         async def one(image: bytes) -> dict[str, Any]:
             try:
-                return await self.classify(image)
+                return await self.classify(image, query)
             except ApiError as e:
                 if e.status == 503:
                     raise  # overload is the whole request's answer, not a per-image one
@@ -271,13 +303,25 @@ class Ingress:
 
     # ---- HTTP endpoints ----------------------------------------------------------------------
 
+    async def _classify_query(self, request: Request) -> ClassifyQuery:
+        """The seed's answer without a query string (no parsing on the hot path); a named
+        attribute the model lacks is a 422 before any work."""
+        if not request.url.query:
+            return DEFAULT_QUERY
+        query = parse_query(ClassifyQuery, request.query_params)
+        if query.names:
+            await self._check_attributes(query.names)
+        return query
+
     async def _classify_endpoint(self, request: Request) -> Response:
+        query = await self._classify_query(request)
         images = await self._read_images(request, max_images=1)
-        return JSONResponse(await self.classify(images[0]))
+        return JSONResponse(await self.classify(images[0], query))
 
     async def _classify_batch_endpoint(self, request: Request) -> Response:
+        query = await self._classify_query(request)
         images = await self._read_images(request, max_images=self._args.max_batch_images)
-        return JSONResponse({"results": await self.classify_many(images)})
+        return JSONResponse({"results": await self.classify_many(images, query)})
 
     async def _explain_endpoint(self, request: Request) -> Response:
         query = ExplainQuery.parse(request.query_params, self._args.explain_grid)
@@ -355,10 +399,28 @@ class Ingress:
         return JSONResponse(meta)
 
     async def _openapi(self, request: Request) -> Response:
-        return JSONResponse(openapi_spec(self._args))
+        return Response(self._openapi_body, media_type="application/json")
 
     async def _page(self, request: Request) -> Response:
         return HTMLResponse(PAGE, headers=PAGE_HEADERS)
+
+    async def _docs(self, request: Request) -> Response:
+        return HTMLResponse(DOCS_PAGE, headers=DOCS_HEADERS)
+
+    async def _docs_asset(self, request: Request) -> Response:
+        return docs_asset(request.url.path.rsplit("/", 1)[-1])
+
+
+DOCS_ASSETS_ROUTE = next(e.path for e in ENDPOINTS if e.handler == "_docs_asset")
+DOCS_ASSETS_PREFIX = DOCS_ASSETS_ROUTE.split("{")[0]
+
+
+def route_of(path: str) -> str:
+    """A request path -> its ENDPOINTS path ("/docs/static/x.js" -> "/docs/static/{asset}")."""
+    path = path.rstrip("/") or "/"
+    if path.startswith(DOCS_ASSETS_PREFIX):
+        return DOCS_ASSETS_ROUTE
+    return path
 
 
 def _too_large(limit: int) -> ApiError:

@@ -1,272 +1,179 @@
-"""OpenAPI 3.1 description of the HTTP API, served at GET /openapi.json."""
+"""The OpenAPI document, generated from serve_app/api.py's routes and pydantic models; served at
+GET /openapi.json and rendered by the Swagger UI at /docs.
+
+OpenAPI 3.0.3, not 3.1: the Swagger UI the project ships (swagger-ui-bundle, Swagger UI 4.15)
+renders 3.0 only, so pydantic's JSON Schema 2020-12 is written the 3.0 way (``X | None`` ->
+``nullable``, ``const`` -> a one-value ``enum``).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
+from pydantic import BaseModel
+from pydantic.json_schema import models_json_schema
+
+from serve_app.api import ENDPOINTS, ERROR_CODES, Endpoint, ErrorBody
 from serve_app.config import AppArgs
 
-_ERROR = {"$ref": "#/components/schemas/Error"}
-
-
-def _error_responses(*codes: int) -> dict[str, Any]:
-    text = {
-        400: "undecodable, empty or oversized (pixels) image, malformed multipart",
-        404: "unknown route",
-        413: "body over the size limit, or too many images",
-        415: "unsupported content type",
-        422: "multipart body without an 'image' field; on /explain also an unknown attribute "
-        "(the detail lists the valid names) or a bad query parameter",
-        503: "overloaded or no model ready; see Retry-After",
-    }
-    return {
-        str(c): {"description": text[c], "content": {"application/json": {"schema": _ERROR}}}
-        for c in codes
-    }
+REF = "#/components/schemas/{model}"
+BINARY = {"type": "string", "format": "binary"}
 
 
 def openapi_spec(args: AppArgs) -> dict[str, Any]:
-    image_body = {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"image": {"type": "string", "format": "binary"}},
-                    "required": ["image"],
-                }
-            },
-            "image/*": {"schema": {"type": "string", "format": "binary"}},
-        },
-    }
-    batch_body = {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "image": {
-                            "type": "array",
-                            "items": {"type": "string", "format": "binary"},
-                            "maxItems": args.max_batch_images,
-                        }
-                    },
-                    "required": ["image"],
-                }
-            }
-        },
-    }
-    errors = _error_responses(400, 413, 415, 422, 503)
+    models = {e.response for e in ENDPOINTS if e.response} | {ErrorBody}
+    _, defs = models_json_schema(
+        [(m, "serialization") for m in sorted(models, key=lambda m: m.__name__)],
+        ref_template=REF,
+    )
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in ENDPOINTS:
+        paths.setdefault(endpoint.path, {})[endpoint.method.lower()] = _operation(endpoint, args)
     return {
-        "openapi": "3.1.0",
+        "openapi": "3.0.3",
         "info": {
             "title": "Face attributes",
             "version": "1",
-            "description": "Classifies the 40 CelebA face attributes of a photo "
-            f"(JPEG, PNG, WebP, BMP, GIF; at most {args.max_body_mb:g} MB).",
+            "description": "Classifies the 40 CelebA face attributes of a photo (JPEG, PNG, "
+            f"WebP, BMP, GIF; at most {args.max_body_mb:g} MB). Every error is JSON "
+            '{"error": code, "detail": text}; the codes of each status are listed with it. '
+            "See docs/api.md.",
         },
-        "paths": {
-            "/classify": {
-                "post": {
-                    "summary": "Classify one image",
-                    "requestBody": image_body,
-                    "responses": {
-                        "200": _json_ok({"$ref": "#/components/schemas/Result"}),
-                        **errors,
-                    },
-                }
-            },
-            "/classify/batch": {
-                "post": {
-                    "summary": "Classify several images (repeated 'image' fields), in order",
-                    "requestBody": batch_body,
-                    "responses": {
-                        "200": _json_ok(
-                            {
-                                "type": "object",
-                                "properties": {
-                                    "results": {
-                                        "type": "array",
-                                        "items": {
-                                            "oneOf": [
-                                                {"$ref": "#/components/schemas/Result"},
-                                                _ERROR,
-                                            ]
-                                        },
-                                    }
-                                },
-                            }
-                        ),
-                        **errors,
-                    },
-                }
-            },
-            "/explain": {
-                "post": {
-                    "summary": "Per-attribute explanation maps (occlusion sensitivity) of one "
-                    "image; the same image inputs as /classify",
-                    "description": "map[i][j] = how much the attribute's probability falls when "
-                    "the patch centred on cell (i, j) of a grid x grid split of the image is "
-                    "hidden (2x2 cells, set to the training mean); row 0 at the top. One pass "
-                    "explains every attribute, so asking for more costs nothing extra. "
-                    "format=png returns the photo with the map of each attribute laid over it, "
-                    "side by side. See docs/explain.md.",
-                    "parameters": [
-                        {
-                            "name": "attribute",
-                            "in": "query",
-                            "required": False,
-                            "description": "repeatable; default: the most probable attributes at "
-                            f"or above the threshold, at most {args.explain_max_attributes} "
-                            "(the most probable one when none is)",
-                            "schema": {"type": "array", "items": {"type": "string"}},
-                            "style": "form",
-                            "explode": True,
-                        },
-                        {
-                            "name": "format",
-                            "in": "query",
-                            "required": False,
-                            "schema": {
-                                "type": "string",
-                                "enum": ["json", "png"],
-                                "default": "json",
-                            },
-                        },
-                        {
-                            "name": "grid",
-                            "in": "query",
-                            "required": False,
-                            "description": "cells per side of the map; cost grows with its square",
-                            "schema": {
-                                "type": "integer",
-                                "minimum": 2,
-                                "maximum": 16,
-                                "default": args.explain_grid,
-                            },
-                        },
-                        {
-                            "name": "opacity",
-                            "in": "query",
-                            "required": False,
-                            "description": "format=png: opacity of the hottest cells",
-                            "schema": {
-                                "type": "number",
-                                "minimum": 0,
-                                "maximum": 1,
-                                "default": 0.6,
-                            },
-                        },
-                    ],
-                    "requestBody": image_body,
-                    "responses": {
-                        "200": {
-                            "description": "OK",
-                            "content": {
-                                "application/json": {
-                                    "schema": {"$ref": "#/components/schemas/Explanations"}
-                                },
-                                "image/png": {"schema": {"type": "string", "format": "binary"}},
-                            },
-                        },
-                        **errors,
-                    },
-                }
-            },
-            "/healthz": {
-                "get": {"summary": "The ingress is alive", "responses": {"200": _json_ok({})}}
-            },
-            "/readyz": {
-                "get": {
-                    "summary": "The model deployment answers",
-                    "responses": {"200": _json_ok({}), **_error_responses(503)},
-                }
-            },
-            "/metadata": {
-                "get": {
-                    "summary": "Model name, version, labels, input size, metrics",
-                    "responses": {"200": _json_ok({}), **_error_responses(503)},
-                }
-            },
-            "/": {
-                "get": {
-                    "summary": "Web page to try the model",
-                    "responses": {"200": {"description": "HTML"}},
-                }
-            },
+        "paths": paths,
+        "components": {"schemas": to_openapi30(defs.get("$defs", {}))},
+    }
+
+
+def _operation(endpoint: Endpoint, args: AppArgs) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": endpoint.handler.strip("_").removesuffix("_endpoint"),
+        "summary": endpoint.summary,
+        "responses": _responses(endpoint),
+    }
+    if endpoint.description:
+        operation["description"] = endpoint.description
+    parameters = _query_parameters(endpoint.query, args) if endpoint.query else []
+    if "{" in endpoint.path:
+        name = endpoint.path.split("{")[1].rstrip("}")
+        parameters.append(
+            {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        )
+    if parameters:
+        operation["parameters"] = parameters
+    if endpoint.body:
+        operation["requestBody"] = _image_body(endpoint.body, args)
+    return operation
+
+
+def _responses(endpoint: Endpoint) -> dict[str, Any]:
+    if endpoint.response is not None:
+        content = {
+            "application/json": {"schema": {"$ref": REF.format(model=endpoint.response.__name__)}}
+        }
+    else:
+        kind = "object" if endpoint.media_type == "application/json" else "string"
+        content = {endpoint.media_type: {"schema": {"type": kind}}}
+    for media, when in endpoint.extra_media.items():
+        content[media] = {"schema": {**BINARY, "description": when}}
+    responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
+    for status in sorted(set(endpoint.errors) | {404, 405, 500}):
+        responses[str(status)] = _error_response(status)
+    return responses
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    codes = ERROR_CODES[status]
+    schema = {
+        "type": "object",
+        "properties": {
+            "error": {"type": "string", "enum": sorted(codes)},
+            "detail": {"type": "string"},
         },
-        "components": {
-            "schemas": {
-                "Error": {
-                    "type": "object",
-                    "properties": {"error": {"type": "string"}, "detail": {"type": "string"}},
-                    "required": ["error", "detail"],
-                },
-                "Explanations": {
-                    "type": "object",
-                    "properties": {
-                        "explanations": {
-                            "type": "array",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "attribute": {"type": "string"},
-                                    "probability": {"type": "number"},
-                                    "map": {
-                                        "type": "array",
-                                        "description": "grid rows, top first, of grid "
-                                        "non-negative numbers each (probability drops)",
-                                        "items": {"type": "array", "items": {"type": "number"}},
-                                    },
-                                },
-                            },
-                        },
-                        "model": {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string"},
-                                "version": {"type": "string"},
-                            },
-                        },
-                        "method": {"type": "string", "enum": ["occlusion"]},
-                        "grid": {"type": "array", "items": {"type": "integer"}},
-                    },
-                    "required": ["explanations", "model", "method", "grid"],
-                },
-                "Result": {
-                    "type": "object",
-                    "properties": {
-                        "labels": {
-                            "type": "array",
-                            "description": "attributes at or above the threshold, most probable first",
-                            "items": {
-                                "type": "object",
-                                "properties": {
-                                    "label_id": {"type": "integer"},
-                                    "label": {"type": "string"},
-                                    "probability": {"type": "number"},
-                                },
-                            },
-                        },
-                        "probabilities": {
-                            "type": "object",
-                            "additionalProperties": {"type": "number"},
-                        },
-                        "model": {
-                            "type": "object",
-                            "properties": {
-                                "name": {"type": "string"},
-                                "version": {"type": "string"},
-                            },
-                        },
-                    },
-                    "required": ["labels", "probabilities", "model"],
-                },
-            }
+        "required": ["error", "detail"],
+    }
+    response: dict[str, Any] = {
+        "description": "; ".join(f"`{code}`: {text}" for code, text in codes.items()),
+        "content": {"application/json": {"schema": schema}},
+    }
+    if status == 503:
+        response["headers"] = {
+            "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        }
+    if status == 405:
+        response["headers"] = {
+            "Allow": {"description": "the route's method", "schema": {"type": "string"}}
+        }
+    return response
+
+
+def _query_parameters(model: type[BaseModel], args: AppArgs) -> list[dict[str, Any]]:
+    schema = to_openapi30(model.model_json_schema())
+    parameters = []
+    for name, prop in schema["properties"].items():
+        prop = dict(prop)
+        description = prop.pop("description", "")
+        prop.pop("title", None)
+        if name == "grid":
+            prop["default"] = args.explain_grid
+        parameter = {"name": name, "in": "query", "required": False, "schema": prop}
+        if description:
+            parameter["description"] = description
+        if prop.get("type") == "array":
+            parameter.update(style="form", explode=True)
+        parameters.append(parameter)
+    return parameters
+
+
+def _image_body(kind: str, args: AppArgs) -> dict[str, Any]:
+    if kind == "images":
+        field = {"type": "array", "items": BINARY, "maxItems": args.max_batch_images}
+        return {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"image": field},
+                        "required": ["image"],
+                    }
+                }
+            },
+        }
+    return {
+        "required": True,
+        "description": "a multipart 'image' field, or the raw image with Content-Type image/*",
+        "content": {
+            "multipart/form-data": {
+                "schema": {"type": "object", "properties": {"image": BINARY}, "required": ["image"]}
+            },
+            "image/*": {"schema": BINARY},
         },
     }
 
 
-def _json_ok(schema: dict[str, Any]) -> dict[str, Any]:
-    return {"description": "OK", "content": {"application/json": {"schema": schema}}}
+def to_openapi30(schema: Any) -> Any:
+    """JSON Schema 2020-12 as pydantic writes it -> OpenAPI 3.0's dialect: ``anyOf [X, null]``
+    -> X with ``nullable: true``, ``const`` -> ``enum``, a numeric
+    ``exclusiveMinimum`` -> ``minimum`` + ``exclusiveMinimum: true``; other keys kept, recursively."""
+    if isinstance(schema, list):
+        return [to_openapi30(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {k: to_openapi30(v) for k, v in schema.items()}
+    variants = out.get("anyOf")
+    if variants and {"type": "null"} in variants:
+        rest = [v for v in variants if v != {"type": "null"}]
+        del out["anyOf"]
+        if len(rest) == 1 and "$ref" not in rest[0]:
+            out.update(rest[0])
+        else:
+            out["anyOf"] = rest
+        out["nullable"] = True
+    if "const" in out:
+        out["enum"] = [out.pop("const")]
+    if isinstance(out.get("examples"), list) and out["examples"]:
+        out["example"] = out.pop("examples")[0]
+    for bound, inclusive in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if isinstance(out.get(bound), (int, float)) and not isinstance(out[bound], bool):
+            out[inclusive], out[bound] = out[bound], True
+    return out

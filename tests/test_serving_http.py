@@ -10,6 +10,7 @@ import pytest
 
 from tests import images
 from tests.artifacts import CELEBA_LABELS
+from tests.test_openapi import check as check_against_document
 
 pytestmark = pytest.mark.serve
 
@@ -59,7 +60,13 @@ def test_classify_multipart_response_format(served):
     probs = [entry["probability"] for entry in body["labels"]]
     assert probs == sorted(probs, reverse=True)
     first = body["labels"][0]
-    assert first == {"label_id": 0, "label": CELEBA_LABELS[0], "probability": first["probability"]}
+    # the seed's keys, plus the threshold the label was judged by (additive, issue #15)
+    assert first == {
+        "label_id": 0,
+        "label": CELEBA_LABELS[0],
+        "probability": first["probability"],
+        "threshold": 0.5,
+    }
 
 
 def test_classify_raw_body(served):
@@ -121,6 +128,73 @@ def test_batch_endpoint_in_order_with_per_image_errors(served):
     assert results[0]["labels"][0]["label"] == CELEBA_LABELS[0]
     assert results[1]["error"] == "undecodable_image"
     assert results[2]["labels"][0]["label"] == CELEBA_LABELS[2]
+
+
+# ---- caller-chosen attributes, threshold, top_k --------------------------------------------
+
+
+def raw_classify(http: httpx.Client, query: str, data: bytes | None = None, path="/classify"):
+    data = data if data is not None else images.solid(images.RED)
+    return http.post(f"{path}?{query}", content=data, headers={"content-type": "image/jpeg"})
+
+
+def test_default_answer_is_the_seeds_with_each_labels_threshold(served):
+    body = classify(served.http, images.solid(images.RED)).json()
+    assert body["labels"], body
+    single = served.metadata()["threshold"]
+    for entry in body["labels"]:
+        assert set(entry) == {"label_id", "label", "probability", "threshold"}
+        assert entry["threshold"] == single  # the tiny test artifact has no tuned thresholds
+        assert entry["probability"] >= entry["threshold"]
+
+
+def test_attributes_subset_in_the_models_order_and_unknown_names_422(served):
+    asked = [CELEBA_LABELS[5], CELEBA_LABELS[0], CELEBA_LABELS[5]]
+    body = raw_classify(served.http, f"attributes={','.join(asked)}").json()
+    assert list(body["probabilities"]) == [CELEBA_LABELS[5], CELEBA_LABELS[0]]
+    assert {e["label"] for e in body["labels"]} <= {CELEBA_LABELS[0], CELEBA_LABELS[5]}
+    for path in ("/classify", "/classify/batch"):
+        bad = served.http.post(
+            f"{path}?attributes=Smiling,Smilling",
+            files={"image": ("a.jpg", images.solid(), "image/jpeg")},
+        )
+        assert_error(bad, 422, "unknown_attribute")
+        assert "Smilling" in bad.json()["detail"] and CELEBA_LABELS[39] in bad.json()["detail"]
+
+
+def test_threshold_number_judges_every_label_by_it(served):
+    probabilities = classify(served.http, images.solid(images.RED)).json()["probabilities"]
+    for threshold in (0.05, 0.95):
+        body = raw_classify(served.http, f"threshold={threshold}").json()
+        assert {e["label"] for e in body["labels"]} == {
+            k for k, p in probabilities.items() if p >= threshold
+        }
+        assert all(e["threshold"] == threshold for e in body["labels"])
+    assert_error(raw_classify(served.http, "threshold=1"), 422, "invalid_query")
+    assert_error(raw_classify(served.http, "threshold=high"), 422, "invalid_query")
+    assert raw_classify(served.http, "threshold=tuned").status_code == 200
+
+
+def test_top_k_answers_the_k_most_probable_whatever_the_threshold(served):
+    probabilities = classify(served.http, images.solid(images.RED)).json()["probabilities"]
+    ranked = sorted(probabilities, key=probabilities.get, reverse=True)
+    body = raw_classify(served.http, "top_k=5&threshold=0.99").json()
+    assert [e["label"] for e in body["labels"]] == ranked[:5]
+    assert all(e["threshold"] == 0.99 for e in body["labels"])
+    both = raw_classify(served.http, f"top_k=1&attributes={ranked[3]},{ranked[7]}").json()
+    assert [e["label"] for e in both["labels"]] == [ranked[3]]
+    assert_error(raw_classify(served.http, "top_k=0"), 422, "invalid_query")
+
+
+def test_batch_takes_the_same_query(served):
+    files = [("image", ("a.jpg", images.solid(images.RED), "image/jpeg"))] * 2
+    results = served.http.post(
+        f"/classify/batch?top_k=2&attributes={CELEBA_LABELS[0]},{CELEBA_LABELS[1]},"
+        f"{CELEBA_LABELS[2]}",
+        files=files,
+    ).json()["results"]
+    assert [len(r["labels"]) for r in results] == [2, 2]
+    assert all(len(r["probabilities"]) == 3 for r in results)
 
 
 # ---- errors ------------------------------------------------------------------------------------
@@ -351,9 +425,11 @@ def test_overload_gets_fast_503_with_retry_after(served):
         assert all(r.status_code in (200, 503) for r in responses), {
             r.status_code for r in responses
         }
+        doc = served.http.get("/openapi.json").json()
         for r in busy:
             assert r.json()["error"] == "overloaded", r.text
             assert r.headers["retry-after"] == "1"
+            check_against_document(doc, "POST", "/classify", r)
         start = time.perf_counter()
         assert classify(served.http, images.solid()).status_code in (200, 503)
         assert time.perf_counter() - start < 5

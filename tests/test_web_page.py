@@ -364,3 +364,66 @@ def test_clicking_a_bar_overlays_its_explanation_map(browser, served, tmp_path):
     assert browser.find_element(By.ID, "overlay").value_of_css_property("opacity") == "1"
     assert "Bags Under Eyes" in browser.find_element(By.ID, "explain-status").text
     assert csp_violations(browser) == []
+
+
+@pytest.mark.serve
+def test_page_marks_each_attribute_at_the_threshold_it_was_judged_by(browser, served, tmp_path):
+    """Each bar's mark sits at the threshold the API judged that label by (its own tuned one
+    when the artifact has them), not at one threshold for all."""
+    from selenium.webdriver.common.by import By
+
+    photo = tmp_path / "red.jpg"
+    photo.write_bytes(images.solid(images.RED))
+    answer = served.http.post(
+        "/classify?top_k=40", content=photo.read_bytes(), headers={"content-type": "image/jpeg"}
+    ).json()
+    expected = {e["label"]: e["threshold"] for e in answer["labels"]}
+    upload(browser, served, photo)
+    wait_for_result(browser)
+    marks = {
+        track.get_attribute("data-label"): float(
+            track.find_element(By.CSS_SELECTOR, ".threshold").get_attribute("data-threshold")
+        )
+        for track in browser.find_elements(By.CSS_SELECTOR, "#results .track")
+    }
+    assert marks == expected
+
+
+@pytest.mark.serve
+def test_docs_page_tries_classify_with_a_real_file(browser, served, tmp_path):
+    """GET /docs: Swagger UI from the service's own files (no CDN) on /openapi.json; "Try it
+    out" on POST /classify with a photo from disk answers 200 with the labels, and nothing on
+    the page breaks the page's Content-Security-Policy."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    photo = tmp_path / "red.jpg"
+    photo.write_bytes(images.solid(images.RED))
+    docs = served.http.get("/docs")
+    assert docs.status_code == 200
+    csp = csp_directives(docs.headers["content-security-policy"])
+    assert csp["script-src"] == ["'self'"] and csp["connect-src"] == ["'self'"], csp
+    assert "http" not in docs.text.replace("http-equiv", "")  # no external URL on the page
+
+    csp_violations(browser)
+    browser.get(served.url + "/docs")
+    wait = WebDriverWait(browser, 30)
+    block = wait.until(lambda b: b.find_element(By.ID, "operations-default-classify"))
+    block.find_element(By.CSS_SELECTOR, ".opblock-summary").click()
+    wait.until(lambda b: block.find_element(By.CSS_SELECTOR, ".try-out__btn")).click()
+    block.find_element(By.CSS_SELECTOR, "input[type=file]").send_keys(str(photo))
+    block.find_element(By.CSS_SELECTOR, ".execute").click()
+    status = wait.until(
+        lambda b: block.find_element(
+            By.CSS_SELECTOR, ".live-responses-table tr.response .response-col_status"
+        )
+    )
+    assert status.text.strip().startswith("200"), status.text
+    body = block.find_element(
+        By.CSS_SELECTOR, ".live-responses-table tr.response .response-col_description"
+    )
+    # Swagger UI fills in the documented example attributes=Smiling,Eyeglasses
+    assert '"probabilities"' in body.text and '"Smiling"' in body.text, body.text
+    SCREENSHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "docs.png"))
+    assert csp_violations(browser) == []
