@@ -58,7 +58,7 @@ serve: install
 	@echo ""
 	@echo "  Web page    http://127.0.0.1:8000/"
 	@echo "  API         curl -F image=@$(DEMO_DATA)/img_align_celeba/000001.jpg http://127.0.0.1:8000/classify"
-	@echo "  OpenAPI     http://127.0.0.1:8000/openapi.json"
+	@echo "  OpenAPI     http://127.0.0.1:8000/openapi.json   (try it: http://127.0.0.1:8000/docs)"
 	@echo "  Dashboard   http://127.0.0.1:8265  (Serve tab: replicas and autoscaling)"
 	@echo "              asks for Ray's auth token: paste the output of"
 	@echo "              RAY_AUTH_MODE=token $(BIN)/ray get-auth-token   (file: ~/.ray/auth_token)"
