@@ -18,8 +18,8 @@ How a cluster.yaml node type maps to a local node (one source of truth: cluster.
   fake node shares this machine's /dev/shm; Ray's default, 30% of memory per node, would
   oversubscribe it).
 - ``labels``: as declared; cluster.yaml must label each worker type with its own name under
-  ``LABEL_NODE_TYPE`` (an error otherwise): config.gpu.yaml's Ingress selects cpu-workers nodes
-  by it, and tests read placement from Ray's state API by it. The head is labelled here.
+  ``LABEL_NODE_TYPE`` (an error otherwise): the Ingress selects cpu-workers nodes by it
+  (``scale_serve_config``, as kuberay/rayservice.yaml does), and tests read placement from Ray's state API by it. The head is labelled here.
 
 A Serve config sized for the real nodes fits the local ones once its actors' ``num_cpus`` are
 scaled by the same factor: ``scale_serve_config``. The fast path (serve.env: HAProxy, direct
@@ -65,7 +65,7 @@ CLUSTER_YAML = ROOT / "cluster.yaml"
 CPU_SCALE = 1 / 4
 OBJECT_STORE_BYTES = 256 * 1024**2
 HEAD_TYPE = "ray.head.default"  # the fake provider's fixed name for the head's type
-# cluster.yaml labels every worker type with its name under this key (config.gpu.yaml's Ingress
+# cluster.yaml labels every worker type with its name under this key (the cluster Ingress
 # selects cpu-workers by it); the head, which cluster.yaml does not label, gets it here.
 LABEL_NODE_TYPE = "face-attributes/node-type"
 
@@ -135,16 +135,25 @@ def local_node_types(
     return head, workers
 
 
+# Where each deployment must run on a cluster of cluster.yaml's types, as the RayService says it
+# (kuberay/rayservice.yaml): config.gpu.yaml also serves one GPU machine, whose node carries no
+# such label, so it cannot say it itself.
+INGRESS_NODE_SELECTOR = {LABEL_NODE_TYPE: "cpu-workers"}
+
+
 def scale_serve_config(config: dict) -> dict:
     """A Serve config for cluster.yaml's nodes -> the same for the local nodes: every actor's
-    num_cpus x CPU_SCALE (num_gpus unchanged), the proxy on the head only (one IP here)."""
+    num_cpus x CPU_SCALE (num_gpus unchanged), the proxy on the head only (one IP here), and
+    the Ingress kept on cpu-workers nodes (INGRESS_NODE_SELECTOR)."""
     config = copy.deepcopy(config)
     config["proxy_location"] = "HeadOnly"
     for app in config["applications"]:
         for deployment in app.get("deployments", []):
-            options = deployment.get("ray_actor_options", {})
+            options = deployment.setdefault("ray_actor_options", {})
             if "num_cpus" in options:
                 options["num_cpus"] = round(options["num_cpus"] * CPU_SCALE, 4)
+            if deployment["name"] == "Ingress":
+                options["label_selector"] = dict(INGRESS_NODE_SELECTOR)
     return config
 
 

@@ -17,15 +17,17 @@ GPU_OVERRIDES = frozenset(
         "FaceAttributeModel.autoscaling_config.max_replicas",
         "FaceAttributeModel.user_config.max_batch_size",
         "FaceAttributeModel.user_config.batch_wait_timeout_s",
-        # On a cluster the Ingress stays on cpu-workers nodes (cluster.yaml's labels); one
-        # machine's node has no such label.
-        "Ingress.ray_actor_options.label_selector.face-attributes/node-type",
     }
 )
 
 
 # kuberay/rayservice.yaml: the GPU variant, plus the model store on the cluster's shared volume.
-KUBERAY_OVERRIDES = GPU_OVERRIDES | {"FaceAttributeModel.user_config.model_uri"}
+# On the cluster the Ingress stays on cpu-workers nodes (the worker groups' labels); config.gpu.yaml
+# also serves one GPU machine, whose node has no such label, so it cannot say so.
+KUBERAY_OVERRIDES = GPU_OVERRIDES | {
+    "FaceAttributeModel.user_config.model_uri",
+    "Ingress.ray_actor_options.label_selector.face-attributes/node-type",
+}
 # Outside the application: pods must listen on their own address, not loopback.
 KUBERAY_HTTP_OVERRIDES = frozenset({"host"})
 

@@ -106,7 +106,7 @@ def test_serve_config_scaling_keeps_gpus_and_scales_cpus():
 
 
 def test_helper_refuses_a_type_without_its_node_type_label(tmp_path):
-    """config.gpu.yaml's Ingress selects cpu-workers by label: a type cluster.yaml does not label
+    """On a cluster the Ingress selects cpu-workers by label: a type cluster.yaml does not label
     would take no Ingress anywhere, silently."""
     config = yaml.safe_load(CLUSTER_YAML.read_text())
     del config["available_node_types"]["cpu-workers"]["labels"]
@@ -116,16 +116,20 @@ def test_helper_refuses_a_type_without_its_node_type_label(tmp_path):
         local_node_types(path)
 
 
-def test_gpu_ingress_selects_the_label_cluster_yaml_and_the_rayservice_give_cpu_workers():
+def test_cluster_ingress_selects_the_label_cluster_yaml_and_the_rayservice_give_cpu_workers():
     """The lost-ingress-node scenario placed the Ingress's replacement on a gpu-workers node
-    (it asked only for num_cpus); now it selects cpu-workers, in every place that says so."""
+    (it asked only for num_cpus); on a cluster it now selects cpu-workers (the RayService and
+    the local cluster; config.gpu.yaml also serves one GPU machine, which has no such label)."""
     types = yaml.safe_load(CLUSTER_YAML.read_text())["available_node_types"]
     assert types["cpu-workers"]["labels"] == {LABEL_NODE_TYPE: "cpu-workers"}
     assert types["gpu-workers"]["labels"] == {LABEL_NODE_TYPE: "gpu-workers"}
-    app = yaml.safe_load((ROOT / "config.gpu.yaml").read_text())["applications"][0]
-    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    local = scale_serve_config(yaml.safe_load((ROOT / "config.gpu.yaml").read_text()))
+    ingress = next(d for d in local["applications"][0]["deployments"] if d["name"] == "Ingress")
     assert ingress["ray_actor_options"]["label_selector"] == {LABEL_NODE_TYPE: "cpu-workers"}
     service = yaml.safe_load((ROOT / "kuberay" / "rayservice.yaml").read_text())["spec"]
+    app = yaml.safe_load(service["serveConfigV2"])["applications"][0]
+    ingress = next(d for d in app["deployments"] if d["name"] == "Ingress")
+    assert ingress["ray_actor_options"]["label_selector"] == {LABEL_NODE_TYPE: "cpu-workers"}
     groups = {g["groupName"]: g for g in service["rayClusterConfig"]["workerGroupSpecs"]}
     for name in ("cpu-workers", "gpu-workers"):
         assert groups[name]["labels"] == {LABEL_NODE_TYPE: name}
