@@ -284,7 +284,7 @@ def serve_once(s: dict, uri: str, image: Path, decode_on: str, env: dict) -> tup
                             sampler = UtilSampler(s["util_command"], LOADGEN_WARMUP_S).start()
                         except OSError as e:  # no nvidia-smi: the load figures still count
                             util_by_level[str(c)] = {"samples": 0, "error": str(e)}
-                    rows += serving_bench.load(url, image, [c], s["serve_seconds"])
+                    rows += serving_bench.load(url, image, [c], s["serve_seconds"], proc.pid)
                     if sampler:
                         util_by_level[str(c)] = sampler.stop()
                 meta = httpx.get(f"http://127.0.0.1:{port}/metadata", timeout=10).json()
