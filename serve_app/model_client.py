@@ -121,14 +121,14 @@ async def call_model(method, *args) -> Any:
     """``await method.remote(*args)`` on the model deployment, Ray's failures as the API's 503s."""
     try:
         response = method.remote(*args)
-        try:
-            # The assignment step of ``await response`` (Ray 2.60's DeploymentResponse), bounded.
-            await asyncio.wait_for(
-                asyncio.shield(response._fetch_future_result_async()), ASSIGN_TIMEOUT_S
-            )
-        except asyncio.TimeoutError:
-            response.cancel()
-            raise model_unavailable("no model replica is running; retry") from None
+        assigned = getattr(response, "_fetch_future_result_async", None)
+        if assigned is not None:  # a DeploymentResponse (Ray 2.60); anything else is awaited
+            try:
+                # The assignment step of ``await response``, bounded.
+                await asyncio.wait_for(asyncio.shield(assigned()), ASSIGN_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                response.cancel()
+                raise model_unavailable("no model replica is running; retry") from None
         return await response
     except BackPressureError as e:
         raise overloaded() from e
