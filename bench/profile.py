@@ -28,7 +28,7 @@ import yaml
 
 from bench import cpu_account
 from bench.artifacts import bench_artifact
-from bench.run import PY, RESULTS, ROOT, serving, shipped_env, test_images
+from bench.run import PY, RESULTS, ROOT, per_1000, serving, shipped_env, test_images
 
 RATE_HZ = 100
 PY_SPY = str(Path(PY).with_name("py-spy"))
@@ -113,7 +113,6 @@ def profile(url: str, image: Path, root: int, concurrency: int, seconds: float, 
     for _, _, spy in spies:
         spy.wait(timeout=seconds + 60)
     row = json.loads(load.communicate(timeout=seconds + 60)[0].strip().splitlines()[-1])
-    requests = max(1, row["statuses"].get("200", 0))
     samples: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
     for role, out, _ in spies:
         for stage, n in read_raw(out).items():
@@ -121,10 +120,10 @@ def profile(url: str, image: Path, root: int, concurrency: int, seconds: float, 
                 samples[role][stage] += n
     by_role = {}
     for role, stages in samples.items():
-        per_1000 = 1000 * row["server_cpu_s_by_role"].get(role, 0.0) / requests  # /proc
+        role_per_1000 = per_1000(row, role)  # /proc
         total = max(1, sum(stages.values()))
         ranked = sorted(stages.items(), key=lambda kv: -kv[1])
-        by_role[role] = {stage: per_1000 * n / total for stage, n in ranked}
+        by_role[role] = {stage: role_per_1000 * n / total for stage, n in ranked}
     return row, by_role
 
 
@@ -140,8 +139,7 @@ def markdown(row: dict, by_role: dict, args: argparse.Namespace) -> str:
         lines += [f"| {role} | {stage} | {cost:.2f} |" for stage, cost in stages.items()]
         lines.append(f"| {role} | **total** | **{sum(stages.values()):.2f}** |")
     lines += ["", "/proc per role (CPU-s per 1,000 requests):", ""]
-    ok = max(1, row["statuses"].get("200", 0))
-    lines += [f"- {k}: {1000 * v / ok:.2f}" for k, v in row["server_cpu_s_by_role"].items()]
+    lines += [f"- {k}: {per_1000(row, k):.2f}" for k in row["server_cpu_s_by_role"]]
     return "\n".join(lines) + "\n"
 
 
