@@ -47,3 +47,50 @@ class ModelMetrics:
             "face_model_load_failures",
             description="Artifacts refused at load (bad checksum, bad metadata, unreadable).",
         )
+
+
+class VersionMetrics:
+    """Per model version during a rollout (role: stable or candidate), from the ingress: the
+    same figures /rollout shows, for Prometheus/Grafana. Agreement over a window is
+    ``rate(face_version_decisions_total{agreed="yes"}) / rate(face_version_decisions_total)``."""
+
+    def __init__(self) -> None:
+        self.requests = Counter(
+            "face_version_requests",
+            description="Answers asked of a model version (copies included), by outcome.",
+            tag_keys=("role", "version", "outcome"),
+        )
+        self.latency = Histogram(
+            "face_version_latency_seconds",
+            description="Time from the ingress sending an image to a version to its answer.",
+            boundaries=_LATENCY_BOUNDARIES_S,
+            tag_keys=("role", "version"),
+        )
+        self.decisions = Counter(
+            "face_version_decisions",
+            description="Label decisions of the candidate compared with the stable's, by "
+            "whether they agreed.",
+            tag_keys=("version", "agreed"),
+        )
+        self.abs_dp = Counter(
+            "face_version_abs_dp",
+            description="Sum of |p_candidate - p_stable| over compared label decisions.",
+            tag_keys=("version",),
+        )
+
+    def observe(self, role: str, version: str, seconds: float, error: bool) -> None:
+        self.requests.inc(
+            tags={"role": role, "version": version, "outcome": "error" if error else "ok"}
+        )
+        if not error:
+            self.latency.observe(seconds, tags={"role": role, "version": version})
+
+    def compared(self, version: str, comparison) -> None:
+        """comparison: serve_app.rollout.compare.Comparison."""
+        if comparison.agreed:
+            self.decisions.inc(comparison.agreed, tags={"version": version, "agreed": "yes"})
+        if comparison.decisions > comparison.agreed:
+            disagreed = comparison.decisions - comparison.agreed
+            self.decisions.inc(disagreed, tags={"version": version, "agreed": "no"})
+        if comparison.abs_dp_sum > 0:  # Ray's Counter refuses an increment of 0
+            self.abs_dp.inc(comparison.abs_dp_sum, tags={"version": version})

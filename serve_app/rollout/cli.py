@@ -1,0 +1,309 @@
+"""``python -m serve_app.rollout --to <store>/<name>/<version>``: shadow -> 5% -> 25% -> 100%,
+judged at each step against the stable version, then promote or roll back, by itself.
+
+It talks to Serve only through the dashboard's REST API (the one ``serve deploy`` uses, with the
+token Ray's auth needs: RAY_AUTH_MODE=token and ~/.ray/auth_token or RAY_AUTH_TOKEN) and to the
+application over HTTP (``/rollout``, ``/metadata``), so it runs the same against a local
+``serve run`` and a remote cluster. Exit status: 0 promoted, 1 rolled back, 2 refused to start.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import httpx
+
+from serve_app.rollout.config import CANDIDATE_DEPLOYMENT
+from serve_app.rollout.policy import Policy, StepFigures, Verdict, auroc_gate, figures, judge
+from serve_app.rollout.serve_config import (
+    deploy_config,
+    rollout_of,
+    with_stable_model,
+    with_step,
+    without_candidate,
+)
+
+PROMOTED, ROLLED_BACK, REFUSED = 0, 1, 2
+
+
+@dataclass(frozen=True)
+class Step:
+    name: str  # shadow, canary-5, ...
+    mode: str  # shadow | canary
+    percent: float
+
+
+def parse_steps(text: str, shadow_percent: float) -> list[Step]:
+    """ "shadow,5,25,100" -> [Step(shadow 100%), Step(canary 5%), ...]; must end at 100."""
+    steps = []
+    for part in (p.strip() for p in text.split(",") if p.strip()):
+        if part == "shadow":
+            steps.append(Step("shadow", "shadow", shadow_percent))
+            continue
+        percent = float(part.rstrip("%"))
+        if not 0 < percent <= 100:
+            raise argparse.ArgumentTypeError(f"canary share {part!r} must be in (0, 100]")
+        steps.append(Step(f"canary-{percent:g}", "canary", percent))
+    if not steps or steps[-1].mode != "canary" or steps[-1].percent != 100:
+        raise argparse.ArgumentTypeError("--steps must end with 100 (the candidate answers all)")
+    return steps
+
+
+class Rollout:
+    """One rollout against one application; every Serve change goes through ``_deploy``."""
+
+    def __init__(self, args: argparse.Namespace, serve_api: Any, app_http: httpx.Client):
+        self.args = args
+        self.serve_api = serve_api  # ray's ServeSubmissionClient (or a stand-in)
+        self.http = app_http
+        self.policy = Policy(
+            min_requests=args.min_requests,
+            min_agreement=args.min_agreement,
+            max_error_rate=args.max_error_rate,
+            max_p99_ratio=args.max_p99_ratio,
+            p99_slack_ms=args.p99_slack_ms,
+            max_auroc_drop=args.max_auroc_drop,
+        )
+        self.report: dict[str, Any] = {"to": args.to, "steps": []}
+        self.started = time.monotonic()
+
+    # ---- Serve and the application -----------------------------------------------------------
+
+    def config(self) -> dict[str, Any]:
+        return deploy_config(self.serve_api.get_serve_details())
+
+    def _deploy(self, config: dict[str, Any]) -> None:
+        self.serve_api.deploy_applications(config)
+
+    def snapshot(self) -> dict[str, Any]:
+        response = self.http.get("/rollout")
+        response.raise_for_status()
+        return response.json()
+
+    def serving(self) -> dict[str, Any]:
+        response = self.http.get("/metadata")
+        response.raise_for_status()
+        return response.json()
+
+    def candidate_replicas(self) -> tuple[str, int]:
+        """(the candidate deployment's status, its RUNNING replicas)."""
+        app = self.serve_api.get_serve_details()["applications"].get(self.args.app) or {}
+        deployment = (app.get("deployments") or {}).get(CANDIDATE_DEPLOYMENT) or {}
+        running = [r for r in deployment.get("replicas", []) if r.get("state") == "RUNNING"]
+        return deployment.get("status", "MISSING"), len(running)
+
+    def say(self, text: str) -> None:
+        print(f"[{time.monotonic() - self.started:6.1f} s] {text}", flush=True)
+
+    # ---- the walk ----------------------------------------------------------------------------
+
+    def run(self, candidate_meta: dict[str, Any]) -> int:
+        version = candidate_meta["version"]
+        self.report["version"] = version
+        tag = f"{version[:40]}@{int(time.time()) % 100000}"
+        for step in parse_steps(self.args.steps, self.args.shadow_percent):
+            verdict, cand, stable = self.run_step(step, f"{tag}/{step.name}", version)
+            self.report["steps"].append(
+                {
+                    "step": step.name,
+                    "outcome": verdict.outcome,
+                    "reasons": list(verdict.reasons),
+                    "candidate": asdict(cand),
+                    "stable": asdict(stable),
+                    "at_s": round(time.monotonic() - self.started, 1),
+                }
+            )
+            if verdict.outcome != "pass":
+                self.roll_back("; ".join(verdict.reasons))
+                return ROLLED_BACK
+        self.promote(version)
+        return PROMOTED
+
+    def run_step(
+        self, step: Step, label: str, version: str
+    ) -> tuple[Verdict, StepFigures, StepFigures]:
+        share = "copies to the candidate" if step.mode == "shadow" else "answered by the candidate"
+        self.say(f"step {step.name}: {step.percent:g}% of requests {share}")
+        self._deploy(
+            with_step(
+                self.config(),
+                self.args.app,
+                self.args.to,
+                step.mode,
+                step.percent,
+                label,
+                self.args.sticky_header or None,
+            )
+        )
+        if not self._wait(lambda: self._step_live(label), self.args.ready_timeout):
+            status, running = self.candidate_replicas()
+            reason = f"the step did not take effect in {self.args.ready_timeout:.0f} s "
+            reason += f"(candidate {status}, {running} running replicas)"
+            return Verdict("fail", (reason,)), StepFigures(), StepFigures()
+        deadline = time.monotonic() + self.args.step_timeout
+        last_print = 0.0
+        while True:
+            entries = self.snapshot()["versions"]
+            cand = figures(entries, label, "candidate", version)
+            stable = figures(entries, label, "stable", None)
+            verdict = judge(cand, stable, self.policy)
+            if verdict.outcome == "wait":
+                status, running = self.candidate_replicas()
+                if running == 0:
+                    verdict = Verdict("fail", (f"the candidate has no running replica ({status})",))
+                elif time.monotonic() > deadline:
+                    verdict = Verdict(
+                        "fail",
+                        (f"only {cand.requests} answers / {cand.compared} comparisons in "
+                         f"{self.args.step_timeout:.0f} s (need {self.policy.min_requests})",),
+                    )  # fmt: skip
+            if verdict.outcome != "wait":
+                self.say(f"  candidate {version}: {cand.line()}")
+                self.say(f"  stable: {stable.line()}")
+                self.say(
+                    f"  {verdict.outcome}"
+                    + (": " + "; ".join(verdict.reasons) if verdict.reasons else "")
+                )
+                return verdict, cand, stable
+            if time.monotonic() - last_print > 5:
+                last_print = time.monotonic()
+                self.say(f"  ... {cand.requests} answers, {cand.compared} compared")
+            time.sleep(self.args.poll_s)
+
+    def _step_live(self, label: str) -> bool:
+        """Three answers in a row from ingress replicas running the step, and a candidate
+        replica running (replicas reconfigure one by one)."""
+        for _ in range(3):
+            if self.snapshot()["config"].get("step") != label:
+                return False
+        return self.candidate_replicas()[1] > 0
+
+    def promote(self, version: str) -> None:
+        """The stable loads the candidate's artifact while the candidate still answers all; then
+        the rollout goes off and the candidate's replicas go."""
+        self.say(f"promote: the stable deployment loads {self.args.to}")
+        self._deploy(with_stable_model(self.config(), self.args.app, self.args.to))
+        if not self._wait(
+            lambda: self.serving().get("version") == version, self.args.ready_timeout
+        ):
+            self.roll_back(f"the stable deployment did not load {version}")
+            raise SystemExit(ROLLED_BACK)
+        self._deploy(without_candidate(self.config(), self.args.app))
+        self._wait(lambda: self.snapshot()["config"]["mode"] == "off", self.args.ready_timeout)
+        self.report["outcome"] = "promoted"
+        self.say(f"promoted: {version} is the stable version; candidate off")
+
+    def roll_back(self, reason: str) -> None:
+        self.say(f"roll back: {reason}")
+        self._deploy(without_candidate(self.config(), self.args.app))
+        self._wait(lambda: self.snapshot()["config"]["mode"] == "off", self.args.ready_timeout)
+        self.report.update(outcome="rolled back", reason=reason)
+        self.say(f"rolled back: the stable version {self.serving().get('version')} answers all")
+
+    @staticmethod
+    def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if predicate():
+                    return True
+            except (httpx.HTTPError, KeyError):
+                pass  # a replica reconfiguring; ask again
+            time.sleep(interval)
+        return False
+
+
+def gate(
+    args: argparse.Namespace, serving: dict[str, Any]
+) -> tuple[dict[str, Any] | None, str | None]:
+    """(candidate metadata, None) or (None, why the rollout may not start)."""
+    from model_store import load_artifact
+    from model_store.store import ArtifactError
+
+    try:
+        artifact = load_artifact(args.to, trusted_public_key=args.trusted_public_key)
+    except ArtifactError as e:
+        return None, f"the candidate artifact is refused: {e}"
+    meta = artifact.metadata.model_dump(mode="json")
+    if meta["version"] == serving.get("version"):
+        return None, f"{meta['version']} is already the serving version"
+    if args.no_gate:
+        return meta, None
+    return meta, auroc_gate(meta, serving, args.max_auroc_drop)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m serve_app.rollout",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("--to", help="candidate artifact: <store>/<name>/<version> as Serve reads it")
+    p.add_argument("--abort", action="store_true", help="roll back a rollout in progress and exit")
+    p.add_argument("--dashboard", default="http://127.0.0.1:8265", help="Ray dashboard (REST API)")
+    p.add_argument("--url", default="http://127.0.0.1:8000", help="the application's HTTP address")
+    p.add_argument("--app", default="face-attributes", help="Serve application name")
+    p.add_argument("--steps", default="shadow,5,25,100", help="shadow, then canary shares (%%)")
+    p.add_argument("--shadow-percent", type=float, default=100.0, help="share copied in shadow")
+    p.add_argument("--sticky-header", default="X-Client-Id", help="'' for no stickiness")
+    p.add_argument("--min-requests", type=int, default=200, help="answers and comparisons per step")
+    p.add_argument("--min-agreement", type=float, default=0.90, help="share of label decisions")
+    p.add_argument("--max-error-rate", type=float, default=0.01)
+    p.add_argument("--max-p99-ratio", type=float, default=1.5, help="vs the stable's p99")
+    p.add_argument("--p99-slack-ms", type=float, default=10.0, help="added to the p99 limit")
+    p.add_argument("--max-auroc-drop", type=float, default=0.01, help="gate: val AUROC margin")
+    p.add_argument("--no-gate", action="store_true", help="skip the validation AUROC gate")
+    p.add_argument("--trusted-public-key", default=None, help="require the artifact's signature")
+    p.add_argument("--step-timeout", type=float, default=600.0, help="seconds to gather a step")
+    p.add_argument(
+        "--ready-timeout", type=float, default=300.0, help="seconds for a change to land"
+    )
+    p.add_argument("--poll-s", type=float, default=1.0)
+    p.add_argument("--report", default=None, help="write the steps' figures here as JSON")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    if not args.abort and not args.to:
+        parser().error("--to is required (or --abort)")
+    parse_steps(args.steps, args.shadow_percent)  # a bad --steps fails before anything changes
+    from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
+
+    serve_api = ServeSubmissionClient(args.dashboard)
+    with httpx.Client(base_url=args.url, timeout=10) as app_http:
+        rollout = Rollout(args, serve_api, app_http)
+        if args.abort:
+            rollout.roll_back("--abort")
+            return ROLLED_BACK
+        in_progress = rollout_of(rollout.config(), args.app)
+        if in_progress.get("mode", "off") != "off":
+            print(f"refused: a rollout is in progress ({in_progress.get('step')}); "
+                  "finish it or run with --abort", file=sys.stderr)  # fmt: skip
+            return REFUSED
+        serving = rollout.serving()
+        meta, refusal = gate(args, serving)
+        if refusal:
+            print(f"refused: {refusal}", file=sys.stderr)
+            return REFUSED
+        rollout.say(
+            f"rollout {args.app}: {serving.get('version')} -> {meta['version']} ({args.to})"
+        )
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        try:
+            outcome = rollout.run(meta)
+        except KeyboardInterrupt:
+            rollout.roll_back("interrupted")
+            outcome = ROLLED_BACK
+        finally:
+            if args.report:
+                with open(args.report, "w") as f:
+                    json.dump(rollout.report, f, indent=1)
+        return outcome
