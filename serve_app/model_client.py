@@ -139,3 +139,21 @@ async def call_model(method, *args) -> Any:
         raise model_unavailable("the model replica restarted; retry") from e
     except ModelNotReady as e:  # Ray re-raises the replica's exception as its own type
         raise model_unavailable("no model is loaded yet") from e
+
+
+class ModelDeployment:
+    """One model deployment (the stable or the candidate version) as an ingress replica sees it:
+    its handle, its batching client, and the preprocessing spec of the version it serves as last
+    seen (a SpecMismatch answer updates it)."""
+
+    def __init__(
+        self,
+        handle: DeploymentHandle,
+        images_per_call: int,
+        calls_in_flight: int,
+        max_waiting_images: int,
+    ):
+        self.handle = handle
+        self.client = ModelClient(handle, images_per_call, calls_in_flight, max_waiting_images)
+        self.spec: PreprocessSpec | None = None
+        self.spec_lock = asyncio.Lock()

@@ -22,7 +22,9 @@ class TinyNet(nn.Module):
     and blue of the image, output 3 the red of its top half, so tests steer predictions with
     coloured images (and can see whether EXIF rotation was applied)."""
 
-    def __init__(self, num_labels: int = 40):
+    def __init__(self, num_labels: int = 40, opposite: bool = False):
+        """opposite: every logit negated (p -> 1 - p): a model that learned the opposite of
+        each attribute, as one trained on scrambled labels can; every decision flips."""
         super().__init__()
         self.pool = nn.AdaptiveAvgPool2d((2, 1))  # (N, 3, 2, 1): top and bottom halves
         self.head = nn.Linear(6, num_labels)
@@ -33,6 +35,9 @@ class TinyNet(nn.Module):
                 self.head.weight[c, 2 * c] = 2.0
                 self.head.weight[c, 2 * c + 1] = 2.0
             self.head.weight[3, 0] = 3.0  # red, top half (below label 0 for all-red images)
+            if opposite:
+                self.head.weight.neg_()
+                self.head.bias.neg_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.pool(x).flatten(1))
@@ -48,10 +53,11 @@ def write_tiny_artifact(
     interpolation: str = "bilinear",
     thresholds: dict[str, float] | None = None,
     metrics: dict | None = None,
+    opposite: bool = False,
 ) -> LoadedArtifact:
     """``thresholds``: per-label tuned thresholds to store (e.g. tuned_thresholds()); None
     writes an artifact with the single ``threshold`` only, as before tuning existed."""
-    model = TinyNet(len(CELEBA_LABELS))
+    model = TinyNet(len(CELEBA_LABELS), opposite=opposite)
     if output_kind == "probabilities":
         model = nn.Sequential(model, nn.Sigmoid())
     example = torch.randn(2, 3, *input_size)

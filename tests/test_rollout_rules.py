@@ -18,8 +18,9 @@ from serve_app.rollout.serve_config import (
     deploy_config,
     rollout_of,
     stable_model_uri,
+    with_candidate,
+    with_rollout,
     with_stable_model,
-    with_step,
     without_candidate,
 )
 from serve_app.rollout.stats import Tally, VersionTally
@@ -168,7 +169,14 @@ def test_config_edits_touch_only_in_place_fields():
                "applications": {"face-attributes": {"deployed_app_config": base["applications"][0]}}}  # fmt: skip
     config = deploy_config(details)
     assert config["applications"] == base["applications"]
-    step = with_step(config, "face-attributes", "store/m/v2", "canary", 5, "t/canary-5", None)
+    step = with_rollout(
+        with_candidate(config, "face-attributes", "store/m/v2"),
+        "face-attributes",
+        "canary",
+        5,
+        "t/canary-5",
+        None,
+    )
     assert rollout_of(step, "face-attributes") == {
         "mode": "canary", "percent": 5, "step": "t/canary-5", "sticky_header": None,
     }  # fmt: skip

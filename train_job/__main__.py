@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
 import sys
 import time
 
@@ -9,7 +11,7 @@ import ray
 from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
 
-from train_job.config import TrainConfig, parse_config
+from train_job.config import TrainConfig, build_parser, config_from_args
 from train_job.data import CelebADataModule, DataError
 from train_job.export import export_and_evaluate, print_report
 from train_job.train_loop import MONITOR, train_loop_per_worker
@@ -44,8 +46,21 @@ def run_training(cfg: TrainConfig) -> ray.train.Result:
     return result
 
 
+def start_rollout(model_uri: str, extra_args: str) -> int:
+    """The serving side's rollout command as a process (training imports no serving code);
+    its exit status: 0 promoted, 1 rolled back, 2 refused (the AUROC gate, say)."""
+    cmd = [sys.executable, "-m", "serve_app.rollout", "--to", model_uri, *shlex.split(extra_args)]
+    print(f"rollout: {shlex.join(cmd)}", flush=True)
+    code = subprocess.call(cmd)
+    if code:
+        print(f"the rollout did not promote {model_uri} (exit status {code}; why: above)")
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
-    cfg = parse_config(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    cfg = config_from_args(parser, args)
     started = time.time()
     try:
         CelebADataModule(cfg.data_dir, cfg.image_size, cfg.batch_size, cfg.max_samples, 0, cfg.seed)
@@ -76,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = ray.get(export.remote(best, cfg, run))
     print_report(meta)
     print(f"total time {time.time() - started:.0f} s")
-    return 0
+    return start_rollout(meta["uri"], args.rollout_args) if args.rollout else 0
 
 
 if __name__ == "__main__":

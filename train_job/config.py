@@ -160,6 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="ed25519 PEM private key: sign the artifact (python -m model_store.keys generate)",
     )
+    p.add_argument(
+        "--rollout",
+        action="store_true",
+        help="after export, roll the new version out to the running service: python -m "
+        "serve_app.rollout --to <artifact> (it refuses when the validation AUROC is below the "
+        "serving version's by more than --max-auroc-drop); exit status: the rollout's",
+    )
+    p.add_argument(
+        "--rollout-args",
+        default="",
+        help='more options for the rollout, one string (e.g. "--url http://head:8000 '
+        '--dashboard http://head:8265 --max-auroc-drop 0.005"; see python -m serve_app.rollout '
+        "--help)",
+    )
     return p
 
 

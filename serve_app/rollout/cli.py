@@ -25,8 +25,9 @@ from serve_app.rollout.policy import Policy, StepFigures, Verdict, auroc_gate, f
 from serve_app.rollout.serve_config import (
     deploy_config,
     rollout_of,
+    with_candidate,
+    with_rollout,
     with_stable_model,
-    with_step,
     without_candidate,
 )
 
@@ -131,16 +132,12 @@ class Rollout:
     ) -> tuple[Verdict, StepFigures, StepFigures]:
         share = "copies to the candidate" if step.mode == "shadow" else "answered by the candidate"
         self.say(f"step {step.name}: {step.percent:g}% of requests {share}")
+        if self.candidate_replicas()[1] == 0:  # first step: a replica, before any traffic
+            self._deploy(with_candidate(self.config(), self.args.app, self.args.to))
+            self._wait(lambda: self.candidate_replicas()[1] > 0, self.args.ready_timeout)
+        sticky = self.args.sticky_header or None
         self._deploy(
-            with_step(
-                self.config(),
-                self.args.app,
-                self.args.to,
-                step.mode,
-                step.percent,
-                label,
-                self.args.sticky_header or None,
-            )
+            with_rollout(self.config(), self.args.app, step.mode, step.percent, label, sticky)
         )
         if not self._wait(lambda: self._step_live(label), self.args.ready_timeout):
             status, running = self.candidate_replicas()
@@ -270,6 +267,10 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     if not args.abort and not args.to:
@@ -296,11 +297,14 @@ def main(argv: list[str] | None = None) -> int:
         rollout.say(
             f"rollout {args.app}: {serving.get('version')} -> {meta['version']} ({args.to})"
         )
-        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        signal.signal(signal.SIGTERM, _interrupt)  # a stopped job rolls back like Ctrl-C
         try:
             outcome = rollout.run(meta)
         except KeyboardInterrupt:
             rollout.roll_back("interrupted")
+            outcome = ROLLED_BACK
+        except Exception as e:  # Serve or the app stopped answering mid-step: stable it is
+            rollout.roll_back(f"{type(e).__name__}: {e}")
             outcome = ROLLED_BACK
         finally:
             if args.report:

@@ -58,16 +58,9 @@ def rollout_of(config: dict[str, Any], app_name: str) -> dict[str, Any]:
     return (ingress.get("user_config") or {}).get("rollout") or {}
 
 
-def with_step(
-    config: dict[str, Any],
-    app_name: str,
-    model_uri: str,
-    mode: str,
-    percent: float,
-    step: str,
-    sticky_header: str | None,
-) -> dict[str, Any]:
-    """The candidate serving ``model_uri`` on at least one replica, the Ingress in ``mode``."""
+def with_candidate(config: dict[str, Any], app_name: str, model_uri: str) -> dict[str, Any]:
+    """The candidate deployment serving ``model_uri`` on at least one replica (the Ingress's
+    rollout unchanged: it is sent traffic only once it runs, by ``with_rollout``)."""
     config = copy.deepcopy(config)
     app = application(config, app_name)
     stable = deployment_entry(app, STABLE_DEPLOYMENT)
@@ -84,10 +77,21 @@ def with_step(
     candidate.pop("num_replicas", None)
     if "ray_actor_options" not in candidate and "ray_actor_options" in stable:
         candidate["ray_actor_options"] = copy.deepcopy(stable["ray_actor_options"])
-    _set_rollout(
-        app,
-        {"mode": mode, "percent": percent, "step": step, "sticky_header": sticky_header},
-    )
+    return config
+
+
+def with_rollout(
+    config: dict[str, Any],
+    app_name: str,
+    mode: str,
+    percent: float,
+    step: str,
+    sticky_header: str | None,
+) -> dict[str, Any]:
+    """The Ingress in ``mode`` for ``percent`` of requests, its counts under ``step``."""
+    config = copy.deepcopy(config)
+    rollout = {"mode": mode, "percent": percent, "step": step, "sticky_header": sticky_header}
+    _set_rollout(application(config, app_name), rollout)
     return config
 
 

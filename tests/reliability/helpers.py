@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import httpx
 
-from tests import images
+from tests import images as images_module
 
 
 def replicas(served) -> dict[str, list[dict]]:
@@ -49,11 +49,17 @@ class LoadGenerator:
     """Closed-loop clients posting a real JPEG until stopped (bounded by `max_seconds`)."""
 
     def __init__(
-        self, url: str, clients: int, image: bytes | None = None, max_seconds: float = 120
+        self,
+        url: str,
+        clients: int,
+        image: bytes | None = None,
+        max_seconds: float = 120,
+        images: list[bytes] | None = None,
     ):
+        """images: sent in turn by each client (default: ``image``, or a red JPEG)."""
         self.url = url
         self.clients = clients
-        self.image = image or images.solid()
+        self.images = images or [image or images_module.solid()]
         self.deadline = time.monotonic() + max_seconds
         self.stop_event = threading.Event()
         self.result = LoadResult()
@@ -62,12 +68,13 @@ class LoadGenerator:
 
     def _run(self) -> None:
         with httpx.Client(base_url=self.url, timeout=60) as client:
+            sent = 0
             while not self.stop_event.is_set() and time.monotonic() < self.deadline:
+                image = self.images[sent % len(self.images)]
+                sent += 1
                 start = time.perf_counter()
                 try:
-                    r = client.post(
-                        "/classify", files={"image": ("a.jpg", self.image, "image/jpeg")}
-                    )
+                    r = client.post("/classify", files={"image": ("a.jpg", image, "image/jpeg")})
                     status = r.status_code
                 except httpx.HTTPError:
                     status = 599  # connection-level failure
