@@ -96,37 +96,60 @@ def judged_thresholds(prediction: Prediction, query: ClassifyQuery) -> list[floa
     return [prediction.threshold] * len(prediction.labels)
 
 
+def rounded(values: np.ndarray | list[float]) -> list[float]:
+    """(n,) -> (n,) Python floats ``round(v, 6)`` for each v, bit for bit.
+
+    float32 (what the model sends) goes through numpy: v * 1e6 is exact in float64 for a float32
+    v (24 + 14 bits), so rint (half-even, as round) then / 1e6 lands on the same double as
+    round's correctly rounded decimal (checked on 10M float32 values in [0, 1], every exact tie
+    included): 3.4 us for 40 values against 16 us for 40 round() calls, on every /classify."""
+    if isinstance(values, np.ndarray) and values.dtype == np.float32:
+        return np.round(values.astype(np.float64), 6).tolist()
+    return [round(float(v), 6) for v in values]
+
+
 def encode_prediction(
     prediction: Prediction, query: ClassifyQuery = DEFAULT_QUERY
 ) -> dict[str, Any]:
     """Stage 3: the response body, the seed service's plus each label's ``threshold``.
 
     ``query.names`` restricts labels and probabilities to those attributes (an unknown one is
-    a 422); ``top_k`` answers the k most probable whatever their threshold."""
+    a 422); ``top_k`` answers the k most probable whatever their threshold. Each value is
+    rounded once (bench/api_overhead.py: the typed path's encode costs no more than the
+    hand-written one's, which rounded the labels' probabilities twice)."""
+    labels = prediction.labels
     probs = prediction.probabilities.tolist()
-    thresholds = judged_thresholds(prediction, query)
+    shown_probs = rounded(prediction.probabilities)
+    if query.threshold == "tuned" and prediction.thresholds is not None:
+        thresholds = prediction.thresholds.tolist()
+        shown_thresholds = rounded(prediction.thresholds)
+    else:
+        thresholds = judged_thresholds(prediction, query)
+        shown_thresholds = [round(thresholds[0], 6)] * len(thresholds) if thresholds else []
     names = query.names
     if names:
-        check_attributes(names, prediction.labels)  # the version that answered may differ
-        chosen = [prediction.labels.index(a) for a in names]
+        check_attributes(names, labels)  # the version that answered may differ
+        chosen = [labels.index(a) for a in names]
     else:
         chosen = range(len(probs))
-    ranked = sorted(chosen, key=lambda i: probs[i], reverse=True)
     if query.top_k is not None:
-        ranked = ranked[: query.top_k]
-    else:
-        ranked = [i for i in ranked if probs[i] >= thresholds[i]]
+        ranked = sorted(chosen, key=probs.__getitem__, reverse=True)[: query.top_k]
+    else:  # filtering first keeps the same order (sorted is stable) and sorts fewer
+        passed = [i for i in chosen if probs[i] >= thresholds[i]]
+        ranked = sorted(passed, key=probs.__getitem__, reverse=True)
     return {
         "labels": [
             {
                 "label_id": i,
-                "label": prediction.labels[i],
-                "probability": round(probs[i], 6),
-                "threshold": round(thresholds[i], 6),
+                "label": labels[i],
+                "probability": shown_probs[i],
+                "threshold": shown_thresholds[i],
             }
             for i in ranked
         ],
-        "probabilities": {prediction.labels[i]: round(probs[i], 6) for i in chosen},
+        "probabilities": (
+            {labels[i]: shown_probs[i] for i in chosen} if names else dict(zip(labels, shown_probs))
+        ),
         "model": {"name": prediction.name, "version": prediction.version},
     }
 
@@ -306,7 +329,7 @@ class Ingress:
     async def _classify_query(self, request: Request) -> ClassifyQuery:
         """The seed's answer without a query string (no parsing on the hot path); a named
         attribute the model lacks is a 422 before any work."""
-        if not request.url.query:
+        if not request.scope.get("query_string"):  # what request.url.query decodes
             return DEFAULT_QUERY
         query = parse_query(ClassifyQuery, request.query_params)
         if query.names:
