@@ -18,6 +18,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from serve_app.errors import ApiError
+from serve_app.rollout.config import RolloutConfig
 
 # ---- error codes, by status: the document lists each; tests check every one is reachable ------
 
@@ -134,6 +135,35 @@ class Serving(BaseModel):
     replica_id: str
 
 
+class VersionFigures(BaseModel):
+    """One (step, role, version)'s counts, summed over the ingress replicas."""
+
+    step: str
+    role: Literal["stable", "candidate"]
+    version: str
+    requests: int = Field(description="answers asked of this version, comparison copies included")
+    errors: int = Field(description="5xx and lost calls among them (a bad image is not one)")
+    error_rate: float | None
+    p50_ms: float | None = Field(description="ingress -> version -> ingress, 15% buckets")
+    p99_ms: float | None
+    compared: int = Field(description="candidate: images both versions answered, compared")
+    agreement: float | None = Field(
+        description="candidate: share of label decisions equal to the stable's"
+    )
+    mean_abs_dp: float | None = Field(description="candidate: mean |p_candidate - p_stable|")
+    copies_skipped: int
+
+
+class RolloutState(BaseModel):
+    """The rollout settings of the replica that answered and every replica's counts."""
+
+    config: RolloutConfig
+    versions: list[VersionFigures] = Field(
+        description="per step (most recent 16), role and version; empty when no rollout ran "
+        "or the monitor is not answering"
+    )
+
+
 class Metadata(BaseModel):
     """The artifact's public metadata (an allow-list: no paths) and the serving status."""
 
@@ -153,6 +183,7 @@ class Metadata(BaseModel):
     metrics: dict[str, float]
     training: dict[str, Any]
     serving: Serving
+    rollout: RolloutState
 
 
 # ---- query parameters -------------------------------------------------------------------------
@@ -289,6 +320,15 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "Model name, version, labels, input size, thresholds, metrics, serving status",
         Metadata,
         (503,),
+    ),
+    Endpoint(
+        "GET",
+        "/rollout",
+        "_rollout",
+        "The rollout in progress: settings, and per version answers, errors, p50/p99, agreement",
+        RolloutState,
+        description="Shadow and canary rollouts of a candidate version (docs/rollout.md); "
+        "python -m serve_app.rollout reads its figures here.",
     ),
     Endpoint(
         "GET", "/openapi.json", "_openapi", "This document", None, media_type="application/json"

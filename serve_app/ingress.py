@@ -40,8 +40,8 @@ from serve_app.explain import (
     photo_for_overlay,
     png_panels,
 )
-from serve_app.metrics import IngressMetrics
-from serve_app.model_client import MAX_CALL_BYTES, DecodedImage, ModelClient, call_model
+from serve_app.metrics import IngressMetrics, VersionMetrics
+from serve_app.model_client import MAX_CALL_BYTES, DecodedImage, ModelDeployment, call_model
 from serve_app.multipart import parse_multipart
 from serve_app.openapi import openapi_spec
 from serve_app.protocol import (
@@ -52,6 +52,8 @@ from serve_app.protocol import (
     PreprocessSpec,
     SpecMismatch,
 )
+from serve_app.rollout.config import IngressConfig, Role
+from serve_app.rollout.traffic import RolloutTraffic
 
 logger = logging.getLogger("ray.serve")
 
@@ -154,19 +156,22 @@ def encode_prediction(
     }
 
 
-@serve.deployment(name="Ingress")
+@serve.deployment(name="Ingress", user_config=IngressConfig().model_dump())
 class Ingress:
-    def __init__(self, model: DeploymentHandle, args: dict[str, Any] | None = None):
+    def __init__(
+        self,
+        model: DeploymentHandle,
+        args: dict[str, Any] | None = None,
+        candidate: DeploymentHandle | None = None,
+        monitor: DeploymentHandle | None = None,
+    ):
+        """model: the stable version's deployment; candidate: the rollout's (serve_app/rollout),
+        sent nothing while the rollout is off; monitor: where rollout counts add up."""
         self._args = AppArgs.model_validate(args or {})
-        self._model = model
-        self._client = ModelClient(
-            model,
-            images_per_call=self._args.images_per_model_call,
-            calls_in_flight=self._args.model_calls_in_flight,
-            max_waiting_images=self._args.max_waiting_images,
-        )
-        self._spec: PreprocessSpec | None = None  # the serving model's, as last seen
-        self._spec_lock = asyncio.Lock()
+        self._model = model  # the stable version: /explain, /metadata, /readyz ask it
+        self._stable = self._deployment(model)
+        self._candidate = self._deployment(candidate) if candidate is not None else None
+        self._traffic = RolloutTraffic(self._predict_on, monitor, VersionMetrics())
         self._metrics = IngressMetrics()
         self._explains_running = 0  # at most args.explain_max_in_flight
         self._labels: tuple[str, ...] | None = None  # the serving model's, as last seen
@@ -176,6 +181,21 @@ class Ingress:
                 self, endpoint.handler
             )
         self._openapi_body = JSONResponse(openapi_spec(self._args)).body
+
+    def _deployment(self, handle: DeploymentHandle) -> ModelDeployment:
+        return ModelDeployment(
+            handle,
+            images_per_call=self._args.images_per_model_call,
+            calls_in_flight=self._args.model_calls_in_flight,
+            max_waiting_images=self._args.max_waiting_images,
+        )
+
+    def reconfigure(self, user_config: dict[str, Any]) -> None:
+        """The rollout's settings, in place (``serve deploy`` of a new user_config)."""
+        config = IngressConfig.model_validate(user_config or {})
+        if config.rollout.mode != "off" and self._candidate is None:
+            raise ValueError("this application has no candidate deployment to roll out to")
+        self._traffic.config = config.rollout
 
     async def __call__(self, request: Request) -> Response:
         path = route_of(request.url.path)
@@ -207,19 +227,22 @@ class Ingress:
 
     # ---- typed pipeline -------------------------------------------------------------------
 
-    async def classify(self, image: bytes, query: ClassifyQuery = DEFAULT_QUERY) -> dict[str, Any]:
-        """decode -> predict -> encode for one image."""
-        prediction = await self._predict(image)
+    async def classify(
+        self, image: bytes, query: ClassifyQuery = DEFAULT_QUERY, client: str | None = None
+    ) -> dict[str, Any]:
+        """decode -> predict -> encode for one image. ``client``: the caller's sticky key
+        during a canary (one client, one version)."""
+        prediction = await self._predict(image, client)
         return encode_prediction(prediction, query)
 
     async def classify_many(
-        self, images: list[bytes], query: ClassifyQuery = DEFAULT_QUERY
+        self, images: list[bytes], query: ClassifyQuery = DEFAULT_QUERY, client: str | None = None
     ) -> list[dict[str, Any]]:
         """One result or one per-image error for each image, in order; they batch together."""
 
         async def one(image: bytes) -> dict[str, Any]:
             try:
-                return await self.classify(image, query)
+                return await self.classify(image, query, client)
             except ApiError as e:
                 if e.status == 503:
                     raise  # overload is the whole request's answer, not a per-image one
@@ -227,38 +250,47 @@ class Ingress:
 
         return list(await asyncio.gather(*(one(image) for image in images)))
 
-    async def _predict(self, image: bytes) -> Prediction:
+    async def _predict(self, image: bytes, client: str | None = None) -> Prediction:
+        if self._traffic.active:  # a rollout: the stable, the candidate or both (a copy)
+            return await self._traffic.predict(image, client)
+        return await self._predict_on("stable", image)
+
+    async def _predict_on(self, role: Role, image: bytes) -> Prediction:
+        target = self._stable if role == "stable" or self._candidate is None else self._candidate
         if self._args.decode_on == "model" and len(image) <= MAX_CALL_BYTES:
             inspect_image(image, self._args.max_image_pixels)  # a bad header is a 400 here
-            result = await self._client.predict(image)
+            result = await target.client.predict(image)
         else:
-            result = await self._predict_decoded(image)
+            result = await self._predict_decoded(target, image)
         if isinstance(result, ImageRejected):
             raise ApiError(400, result.code, result.detail)
         return result
 
-    async def _predict_decoded(self, image: bytes) -> ImageResult:
+    async def _predict_decoded(self, target: ModelDeployment, image: bytes) -> ImageResult:
         return await self._with_current_spec(
+            target,
             image,
-            lambda pixels, spec: self._client.predict(DecodedImage(pixels, spec)),
+            lambda pixels, spec: target.client.predict(DecodedImage(pixels, spec)),
             lambda result: result if isinstance(result, SpecMismatch) else None,
         )
 
     async def _with_current_spec(
         self,
+        target: ModelDeployment,
         image: bytes,
         send: Callable[[np.ndarray, PreprocessSpec], Awaitable[T]],
         mismatch_of: Callable[[T], SpecMismatch | None],
     ) -> T:
-        """Decode with the spec of the model serving now and send; a new version that prepares
-        pixels differently answers SpecMismatch with its spec, and the image is decoded again."""
+        """Decode with the spec of the version ``target`` serves now and send; a new version
+        that prepares pixels differently answers SpecMismatch with its spec, and the image is
+        decoded again. (During a rollout each version has its own spec.)"""
         for _ in range(3):
-            spec = self._spec or await self._fetch_spec()
+            spec = target.spec or await self._fetch_spec(target)
             answer = await send(await self._decode(image, spec), spec)
             mismatch = mismatch_of(answer)
             if mismatch is None:
                 return answer
-            self._spec = mismatch.current
+            target.spec = mismatch.current
         raise model_unavailable("the model changed its preprocessing during this request; retry")
 
     async def explain(self, image: bytes, grid: int) -> Explanations:
@@ -281,6 +313,7 @@ class Ingress:
         """Decoded on the ingress whatever decode_on says (the overlay needs the photo here
         anyway); a SpecMismatch re-decodes with the new spec, as /classify does."""
         return await self._with_current_spec(
+            self._stable,
             image,
             lambda pixels, spec: self._remote_explain(pixels[None], spec, grid),
             lambda answer: answer.mismatch,
@@ -308,11 +341,11 @@ class Ingress:
         self._metrics.decode_seconds.observe(time.perf_counter() - start)
         return pixels  # (3, H, W) uint8
 
-    async def _fetch_spec(self) -> PreprocessSpec:
-        async with self._spec_lock:
-            if self._spec is None:
-                self._spec = await self._ask_model(self._model.preprocess_spec)
-        return self._spec
+    async def _fetch_spec(self, target: ModelDeployment) -> PreprocessSpec:
+        async with target.spec_lock:
+            if target.spec is None:
+                target.spec = await self._ask_model(target.handle.preprocess_spec)
+        return target.spec
 
     async def _describe(self) -> dict[str, Any]:
         return await self._ask_model(self._model.describe)
@@ -339,12 +372,18 @@ class Ingress:
     async def _classify_endpoint(self, request: Request) -> Response:
         query = await self._classify_query(request)
         images = await self._read_images(request, max_images=1)
-        return JSONResponse(await self.classify(images[0], query))
+        return JSONResponse(await self.classify(images[0], query, self._client_key(request)))
 
     async def _classify_batch_endpoint(self, request: Request) -> Response:
         query = await self._classify_query(request)
         images = await self._read_images(request, max_images=self._args.max_batch_images)
-        return JSONResponse({"results": await self.classify_many(images, query)})
+        results = await self.classify_many(images, query, self._client_key(request))
+        return JSONResponse({"results": results})
+
+    def _client_key(self, request: Request) -> str | None:
+        """The sticky key of a canary (rollout.sticky_header), only while a rollout runs."""
+        header = self._traffic.config.sticky_header
+        return request.headers.get(header) if header and self._traffic.active else None
 
     async def _explain_endpoint(self, request: Request) -> Response:
         query = ExplainQuery.parse(request.query_params, self._args.explain_grid)
@@ -361,7 +400,7 @@ class Ingress:
         )
         if query.format == "json":
             return JSONResponse(encode_explanations(answer, 0, chosen))
-        spec = self._spec or await self._fetch_spec()
+        spec = self._stable.spec or await self._fetch_spec(self._stable)
         photo = await asyncio.to_thread(photo_for_overlay, image, spec, self._args.max_image_pixels)
         png = await asyncio.to_thread(
             overlay_png, photo, png_panels(answer, 0, chosen), query.opacity
@@ -419,7 +458,20 @@ class Ingress:
         meta = await self._describe()  # public fields only: no paths (face_attribute_model.py)
         meta["serving"]["decode_on"] = self._args.decode_on
         meta["serving"]["args_id"] = self._args.fingerprint()
+        meta["rollout"] = await self._rollout_state()
         return JSONResponse(meta)
+
+    async def _rollout(self, request: Request) -> Response:
+        return JSONResponse(await self._rollout_state())
+
+    async def _rollout_state(self) -> dict[str, Any]:
+        """The rollout settings of this replica and every replica's counts, per step, role and
+        version (serve_app/rollout/stats.py); ``versions`` empty if the monitor cannot answer."""
+        try:
+            return await self._traffic.snapshot()
+        except Exception as e:  # a timeout, the monitor's replica restarting: counts come back
+            logger.warning("rollout monitor unavailable: %s", e)
+            return {"config": self._traffic.config.model_dump(), "versions": []}
 
     async def _openapi(self, request: Request) -> Response:
         return Response(self._openapi_body, media_type="application/json")

@@ -14,6 +14,7 @@ GPU_OVERRIDES = frozenset(
         "args.decode_on",
         "args.images_per_model_call",
         "FaceAttributeModel.ray_actor_options.num_gpus",
+        "CandidateModel.ray_actor_options.num_gpus",
         "FaceAttributeModel.autoscaling_config.max_replicas",
         "FaceAttributeModel.user_config.max_batch_size",
         "FaceAttributeModel.user_config.batch_wait_timeout_s",

@@ -103,6 +103,7 @@ class ServeTestbed:
         model["ray_actor_options"]["num_cpus"] = 0.5
         model["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
         model["user_config"].update(model_uri=self.model_uri(model_version), **user_config)
+        deployment(app, "CandidateModel")["ray_actor_options"]["num_cpus"] = 0.5
         ingress = deployment(app, "Ingress")
         ingress["ray_actor_options"]["num_cpus"] = 0.25
         ingress["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)

@@ -8,6 +8,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import build_app
 from serve_app.config import AppArgs, ModelConfig
+from serve_app.rollout.config import IngressConfig
 from tests.config_diff import GPU_OVERRIDES, differing_keys
 from tests.harness import ROOT, deployment
 
@@ -24,13 +25,23 @@ def test_config_is_a_valid_serve_config(name):
     assert app["import_path"] == "serve_app.app:build_app"
     args = AppArgs.model_validate(app["args"])
     build_app(args)  # the import path resolves and the graph builds with these args
-    assert {d["name"] for d in app["deployments"]} == {"FaceAttributeModel", "Ingress"}
+    assert {d["name"] for d in app["deployments"]} == {
+        "FaceAttributeModel",
+        "CandidateModel",
+        "RolloutMonitor",
+        "Ingress",
+    }
+    assert (
+        IngressConfig.model_validate(deployment(app, "Ingress")["user_config"]).rollout.mode
+        == "off"
+    )
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "config.gpu.yaml"])
 def test_model_settings_are_consistent(name):
     app = load(name)["applications"][0]
     model = deployment(app, "FaceAttributeModel")
+    candidate = deployment(app, "CandidateModel")
     user = ModelConfig.model_validate(model["user_config"])
     args = AppArgs.model_validate(app["args"])
     ingress = deployment(app, "Ingress")
@@ -38,6 +49,10 @@ def test_model_settings_are_consistent(name):
     # every ingress replica, and scale up before a saturated ingress keeps all its calls open.
     most_calls = args.model_calls_in_flight * ingress["autoscaling_config"]["max_replicas"]
     assert model["max_ongoing_requests"] >= most_calls
+    # The candidate takes the same calls during a canary; it has no replica without a rollout.
+    assert candidate["max_ongoing_requests"] >= most_calls
+    assert candidate["autoscaling_config"]["min_replicas"] == 0
+    assert candidate["ray_actor_options"] == model["ray_actor_options"]
     assert model["autoscaling_config"]["target_ongoing_requests"] < args.model_calls_in_flight
     assert args.images_per_model_call >= user.max_batch_size  # one call can fill a forward
     assert 0 < model["max_queued_requests"] < 10_000

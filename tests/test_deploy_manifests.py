@@ -203,13 +203,13 @@ def test_rayservice_serves_the_same_app_as_config_yaml():
 
 
 def test_rayjob_entrypoint_parses_with_the_training_cli():
-    from train_job.config import TrainConfig, build_parser
+    from train_job.config import build_parser, config_from_args
 
     job = manifest("RayJob")
     argv = shlex.split(job["spec"]["entrypoint"])
     assert argv[:3] == ["python", "-m", "train_job"]
-    args = build_parser().parse_args(argv[3:])
-    cfg = TrainConfig(**vars(args))
+    parser = build_parser()
+    cfg = config_from_args(parser, parser.parse_args(argv[3:]))
     assert cfg.use_gpu and cfg.num_workers == 2
     service_app = yaml.safe_load(manifest("RayService")["spec"]["serveConfigV2"])["applications"][0]
     service_uri = deployment(service_app, "FaceAttributeModel")["user_config"]["model_uri"]

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from model_store import load_artifact
-from tests.harness import ROOT
+from tests.harness import ROOT, deployment
 from train_job.synthetic import RENDERED
 
 pytestmark = [pytest.mark.train, pytest.mark.slow]
@@ -93,25 +93,51 @@ def test_ray_job_submit_trains_ddp_and_exports_a_servable_model(ray_cluster, tra
     assert probs.shape == (3, 40) and float(probs.min()) >= 0 and float(probs.max()) <= 1
 
 
-def test_rerun_with_same_name_resumes_from_checkpoint(ray_cluster, train_data, tmp_path):
+def test_rerun_with_same_name_resumes_from_checkpoint_and_the_gate_refuses_its_rollout(
+    ray_cluster, train_data, tmp_path, serve_testbed
+):
+    """The second run resumes, exports, and asks to roll its version out (--rollout) to the
+    running service, which serves a version with validation AUROC 0.99: the gate refuses and
+    says why, the run exits with the rollout's status 2, and the service is untouched."""
+    from tests.artifacts import write_tiny_artifact
+
     common = [
         sys.executable, "-m", "train_job", "--data-dir", str(train_data),
         "--model-store", str(tmp_path / "store"), "--image-size", "32", "--max-samples", "256",
         "--storage-path", str(tmp_path / "ray_results"), "--run-name", "resume-me", *FAST,
     ]  # fmt: skip
-    env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address}
+    env = {**os.environ, "RAY_ADDRESS": ray_cluster.gcs_address, "RAY_AUTH_MODE": "token"}
     first = subprocess.run(
         [*common, "--epochs", "1"], capture_output=True, text=True, timeout=600, env=env
     )
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     assert "Resuming" not in first.stdout + first.stderr
 
-    second = subprocess.run(
-        [*common, "--epochs", "2"], capture_output=True, text=True, timeout=600, env=env
+    strong = write_tiny_artifact(
+        str(tmp_path / "serving"), version="strong", metrics={"val_auroc": 0.99}
     )
+    config = serve_testbed.base_config()
+    deployment(config["applications"][0], "FaceAttributeModel")["user_config"]["model_uri"] = (
+        strong.uri
+    )
+    serve_testbed.deploy(config)
+    rollout_args = f"--url {serve_testbed.url} --dashboard {ray_cluster.dashboard_url}"
+    try:
+        second = subprocess.run(
+            [*common, "--epochs", "2", "--rollout", "--rollout-args", rollout_args],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        assert serve_testbed.metadata()["version"] == "strong"
+    finally:
+        serve_testbed.deploy(serve_testbed.base_config())
     log = second.stdout + second.stderr
-    assert second.returncode == 0, log[-4000:]
+    assert second.returncode == 2, log[-4000:]
     assert "Resuming resume-me from its checkpoint after epoch 0" in log
+    assert "is below the serving version strong's 0.9900" in log, log[-3000:]
+    assert "--max-auroc-drop" in log
     meta = load_artifact(str(tmp_path / "store" / "face-attributes" / "latest")).metadata
     assert meta.training["epochs_trained"] == 2
     assert len(list((tmp_path / "store" / "face-attributes").iterdir())) == 3  # 2 versions + latest

@@ -20,7 +20,7 @@ import pytest
 
 from tests import images
 from tests.artifacts import CELEBA_LABELS
-from tests.harness import ROOT
+from tests.harness import ROOT, wait_for
 from tests.required import require
 
 SCREENSHOTS = ROOT / "test-output"
@@ -427,3 +427,43 @@ def test_docs_page_tries_classify_with_a_real_file(browser, served, tmp_path):
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "docs.png"))
     assert csp_violations(browser) == []
+
+
+@pytest.mark.serve
+def test_page_draws_a_rollout_in_progress(browser, served, model_store):
+    """A shadow step set through the config (as python -m serve_app.rollout sets it): the page
+    shows the step and a row per version, the candidate's with its agreement."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from serve_app.rollout.serve_config import with_candidate, with_rollout
+
+    config = with_candidate(served.base_config(), "face-attributes", served.model_uri("v2"))
+    served.deploy(with_rollout(config, "face-attributes", "shadow", 100, "page/shadow", None))
+    body = {"image": ("red.jpg", images.solid(images.RED), "image/jpeg")}
+    wait_for(
+        lambda: (
+            served.http.post("/classify", files=body)
+            and any(
+                v["role"] == "candidate" for v in served.http.get("/rollout").json()["versions"]
+            )
+        ),
+        60,
+        "a shadow answer compared",
+    )
+    csp_violations(browser)
+    browser.get(served.url + "/")
+    WebDriverWait(browser, 20).until(
+        lambda b: b.find_elements(By.CSS_SELECTOR, "#rollout-rows tr[data-role=candidate]")
+    )
+    assert (
+        "shadow: 100% of requests copied to the candidate"
+        in browser.find_element(By.ID, "rollout-step").text
+    )
+    candidate = browser.find_element(By.CSS_SELECTOR, "#rollout-rows tr[data-role=candidate]")
+    cells = [td.text for td in candidate.find_elements(By.TAG_NAME, "td")]
+    assert cells[:2] == ["candidate", "v2"] and cells[7] == "100.0%", cells
+    assert csp_violations(browser) == []
+    SCREENSHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "web-page-rollout.png"))
+    served.deploy(served.base_config())
