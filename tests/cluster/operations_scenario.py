@@ -237,7 +237,8 @@ def app_config(model_uri: str, port: int, model_max_replicas: int) -> dict:
     app = config["applications"][0]
     app["args"]["device"] = "auto"
     for deployment in app["deployments"]:
-        scaling = deployment["autoscaling_config"]
+        # CandidateModel (no replica until a rollout) and RolloutMonitor (one, fixed) as shipped.
+        scaling = deployment.get("autoscaling_config", {})
         if deployment["name"] == MODEL:
             deployment["user_config"]["model_uri"] = model_uri
             scaling.update(
@@ -245,7 +246,7 @@ def app_config(model_uri: str, port: int, model_max_replicas: int) -> dict:
                 target_ongoing_requests=1, upscale_delay_s=1, downscale_delay_s=5,
                 look_back_period_s=2, metrics_interval_s=0.5,
             )  # fmt: skip
-        else:
+        elif deployment["name"] == INGRESS:
             scaling.update(min_replicas=1, initial_replicas=1, max_replicas=1)
     return config
 
