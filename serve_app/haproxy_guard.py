@@ -50,12 +50,12 @@ the command line it scans (`-f <its config>`, to find its workers) are those of 
      3, the request whose own errors marked the replica down had none left and lost its
      connection (3 rig runs of 3); with error-limit + 1 still in 9 of 12;
    - HAProxy's own 502/503/504 (Ray: its 500 page) become that 503 too.
-   Measured, SIGKILL of the only Ingress replica under 4 keep-alive clients (1.3 kB images):
-   on one node with Serve (tests/reliability/test_ingress_loss.py) before: 4 connection errors,
-   4 requests held past the clients' 10 s timeout; after: 0 and 0, 843 x 503 each within 0.09 s,
-   every answer 200 again 11.0 s after the kill (the replacement replica). On a rig without Ray
-   (tests/reliability/test_haproxy_fail_fast.py): the same before, and after 0 connection errors
-   in 18 runs, every failure a 503 within 0.3 s.
+   Measured, SIGKILL of the only Ingress replica under 4 keep-alive clients (1.3 kB images), on
+   one node with Serve: before, 4 connection errors and 4 requests held past the clients' 10 s
+   timeout; after, 0 and 0, 843 x 503 each within 0.09 s, every answer 200 again 11.0 s after
+   the kill (the replacement replica). On the local cluster: docs/reliability.md "Node loss". On
+   a rig without Ray (tests/reliability/test_haproxy_fail_fast.py): the same before, and after 0
+   connection errors in 18 runs, every failure a 503 within 0.3 s.
 
 Cost: one Python start per haproxy start or reload (about 40 ms on the 2-core dev box,
 docs/deploy.md), next to a reload's own ~0.5 s wait on the admin socket.

@@ -130,13 +130,10 @@ def test_ingress_node_loss_replacement_on_a_cpu_node(operations):
     assert phase(operations, "ingress_node_loss")["replacement_node_type"] == "cpu-workers"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect (reported): HAProxy (serve.env's fast path) drops in-flight requests "
-    "to a lost ingress replica (connection reset) and holds new ones until a replacement "
-    "is registered (timeout), instead of a fast 503 with Retry-After.",
-)
 def test_ingress_node_loss_clients_see_only_fast_503s(operations):
+    """Old HAProxy config (Ray's as rendered): the 4 requests in flight lost their connection and
+    4 were held past 10 s by Serve's fallback proxy until a new Ingress replica registered;
+    serve_app/haproxy_guard.py's fail_fast answers them 503 with Retry-After."""
     assert_only_fast_503s(phase(operations, "ingress_node_loss"))
 
 
