@@ -150,7 +150,6 @@ def fail_fast(config: str, directory: str) -> str:
     socket_path = os.path.join(directory, UNAVAILABLE_SOCKET)
     if len(socket_path.encode()) > MAX_UNIX_PATH:
         raise GuardError(f"unix socket path too long for haproxy: {socket_path}")
-    limits = [int(n) for n in ERROR_LIMIT.findall(config)]
     lines, section, rerouted = [], "", False
     for line in config.splitlines(keepends=True):
         if line[:1] not in ("", " ", "\t", "#", "\n"):
@@ -162,16 +161,24 @@ def fail_fast(config: str, directory: str) -> str:
             fallback = FALLBACK_SERVER.match(body)
             line = f"{fallback[1]}unix@{socket_path}{fallback[2]}\n"
             rerouted = True
-        lines.append(line)
         if section == "defaults" and line == DEFAULT_RETRY_ON:
-            lines[-1] = "    retry-on conn-failure empty-response\n"
-            lines.append("    option http-buffer-request\n")
-            if limits and not re.search(r"^\s+retries \d+$", config, re.M):
-                lines.append(f"    retries {max(limits) + 2}\n")
+            lines.extend(replay_policy(config))
+        else:
+            lines.append(line)
     rewritten = "".join(lines)
     if rerouted and UNAVAILABLE_FRONTEND not in rewritten:
         rewritten += unavailable_frontend(socket_path)
     return rewritten
+
+
+def replay_policy(config: str) -> list[str]:
+    """The lines that replace Ray's default `retry-on conn-failure` in `defaults`: replay a
+    request the replica took without answering; retries = error limit + 2 unless Ray set them."""
+    policy = ["    retry-on conn-failure empty-response\n", "    option http-buffer-request\n"]
+    limits = [int(n) for n in ERROR_LIMIT.findall(config)]
+    if limits and not re.search(r"^\s+retries \d+$", config, re.M):
+        policy.append(f"    retries {max(limits) + 2}\n")
+    return policy
 
 
 def unavailable_frontend(socket_path: str) -> str:
