@@ -1,7 +1,8 @@
 """In-process cost of the ingress's HTTP path per /classify, typed API (this checkout's
 serve_app/ingress.py) against the hand-written one it replaced (commit 83e63fe's), no Ray.
 
-    python -m bench.api_overhead [--old-commit 83e63fe] [--repeat 5] [--number 4000]
+    python -m bench.api_overhead [--old-commit 83e63fe] [--new-commit C] [--repeat 5]
+        [--number 4000]
 
 The model call is a stub that returns a Prediction of 40 labels at once, so what is timed is
 exactly what the two ingresses do differently: routing, the query, reading the multipart body,
@@ -31,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 BOUNDARY = "bench0boundary0x"
 
 
-def load_old_ingress(commit: str) -> Any:
+def load_ingress(commit: str) -> Any:
     """Commit's serve_app/ingress.py as module ``ingress_<commit>`` (imports this checkout's
     other serve_app modules, as the A/B's file swap does)."""
     source = subprocess.run(
@@ -102,7 +103,7 @@ def ingress(module: Any, answer: Prediction) -> Any:
     """The module's Ingress class (not the Serve deployment) with the model call stubbed."""
     instance = module.Ingress.func_or_class(model=object(), args={})
 
-    async def predict(image: bytes) -> Prediction:
+    async def predict(image: bytes, *routing: Any) -> Prediction:
         return answer
 
     instance._predict = predict
@@ -122,14 +123,20 @@ def best_us(call: Callable[[], Awaitable[Any]], number: int, repeat: int) -> flo
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--old-commit", default="83e63fe")
+    parser.add_argument(
+        "--new-commit", default=None, help="a commit's ingress.py (default: this checkout's)"
+    )
     parser.add_argument("--repeat", type=int, default=5)
     parser.add_argument("--number", type=int, default=4000)
     args = parser.parse_args()
 
-    import serve_app.ingress as new
+    if args.new_commit:
+        new = load_ingress(args.new_commit)
+    else:
+        import serve_app.ingress as new
     from serve_app.api import DEFAULT_QUERY
 
-    old = load_old_ingress(args.old_commit)
+    old = load_ingress(args.old_commit)
     image = bytes(20_000)  # a CelebA JPEG's size; never decoded here
     body = multipart_body(image)
     single, tuned = prediction(False), prediction(True)
