@@ -228,8 +228,9 @@ class ExplainParams(BaseModel):
     model_config = ConfigDict(extra="forbid")
     attribute: list[str] = Field(
         default=[],
-        description="repeatable; default: the most probable attributes at or above the "
-        "threshold, at most explain_max_attributes (the most probable one when none is)",
+        description="repeatable; default: the most probable attributes at or above their "
+        "threshold (the label's tuned one, as /classify judges), at most explain_max_attributes "
+        "(the most probable one when none is)",
     )
     format: Literal["json", "png"] = "json"
     grid: int = Field(

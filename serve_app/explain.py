@@ -65,6 +65,14 @@ class Explanations:
     probabilities: np.ndarray | None
     maps: np.ndarray | None
     mismatch: SpecMismatch | None = None
+    # Each label's tuned threshold (as Prediction.thresholds); None: ``threshold`` for all.
+    thresholds: np.ndarray | None = None  # (L,) float32
+
+    def label_thresholds(self) -> np.ndarray:
+        """(L,) the threshold each label is judged by, as /classify judges it by default."""
+        if self.thresholds is not None:
+            return self.thresholds
+        return np.full(len(self.labels), self.threshold, np.float32)
 
 
 def patch_bounds(size: int, grid: int) -> list[tuple[int, int]]:
@@ -198,16 +206,18 @@ def choose_attributes(
     asked: Sequence[str],
     labels: Sequence[str],
     probabilities: np.ndarray,
-    threshold: float,
+    threshold: float | np.ndarray,
     most: int,
 ) -> list[int]:
     """Label indices to answer: the asked ones in order, or by default the most probable at or
-    above the threshold, at most ``most`` of them (the single most probable when none is)."""
+    above their threshold (one for all, or (L,) each label's own), at most ``most`` of them (the
+    single most probable when none is)."""
     if asked:
         check_attributes(asked, labels)
         return [list(labels).index(a) for a in asked]
     ranked = [int(i) for i in np.argsort(-probabilities, kind="stable")]
-    above = [i for i in ranked if probabilities[i] >= threshold]
+    cut = np.broadcast_to(np.asarray(threshold), probabilities.shape)
+    above = [i for i in ranked if probabilities[i] >= cut[i]]
     return (above or ranked[:1])[:most]
 
 

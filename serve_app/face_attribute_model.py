@@ -336,8 +336,17 @@ def _explanations(
     mismatch: SpecMismatch | None = None,
 ) -> Explanations:
     meta = model.metadata
+    tuned = np.asarray(meta.label_thresholds(), np.float32) if meta.thresholds else None
     return Explanations(
-        meta.name, meta.version, tuple(meta.labels), meta.threshold, grid, probs, maps, mismatch
+        meta.name,
+        meta.version,
+        tuple(meta.labels),
+        meta.threshold,
+        grid,
+        probs,
+        maps,
+        mismatch,
+        tuned,
     )
 
 

@@ -395,7 +395,7 @@ class Ingress:
             query.attributes,
             answer.labels,
             answer.probabilities[0],
-            answer.threshold,
+            answer.label_thresholds(),
             self._args.explain_max_attributes,
         )
         if query.format == "json":

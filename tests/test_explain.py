@@ -354,3 +354,19 @@ def test_explain_follows_a_new_version_with_another_input_size(served):
         assert answer.json()["model"]["version"] == "v2" and answer.json()["grid"] == [4, 4]
     finally:
         served.deploy(served.base_config())
+
+
+def test_default_attributes_are_judged_by_each_labels_tuned_threshold():
+    """An artifact with tuned thresholds: /explain's default attributes are those /classify
+    marks, each judged by its own threshold (0.3 passes b's 0.2; 0.6 fails a's 0.7), not by
+    the single 0.5."""
+    from serve_app.explain import Explanations
+
+    probs = np.array([[0.6, 0.3, 0.1]], np.float32)
+    answer = Explanations(
+        "m", "v", ("a", "b", "c"), 0.5, 2, probs, np.zeros((1, 3, 2, 2), np.float32),
+        thresholds=np.array([0.7, 0.2, 0.5], np.float32),
+    )  # fmt: skip
+    assert choose_attributes((), answer.labels, probs[0], answer.label_thresholds(), 3) == [1]
+    single = Explanations("m", "v", ("a", "b", "c"), 0.5, 2, probs, None)
+    assert choose_attributes((), single.labels, probs[0], single.label_thresholds(), 3) == [0]
