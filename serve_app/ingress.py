@@ -41,7 +41,13 @@ from serve_app.explain import (
     png_panels,
 )
 from serve_app.metrics import IngressMetrics, VersionMetrics
-from serve_app.model_client import MAX_CALL_BYTES, DecodedImage, ModelDeployment, call_model
+from serve_app.model_client import (
+    MAX_CALL_BYTES,
+    DecodedImage,
+    ModelClient,
+    ModelDeployment,
+    call_model,
+)
 from serve_app.multipart import parse_multipart
 from serve_app.openapi import openapi_spec
 from serve_app.protocol import (
@@ -183,12 +189,13 @@ class Ingress:
         self._openapi_body = JSONResponse(openapi_spec(self._args)).body
 
     def _deployment(self, handle: DeploymentHandle) -> ModelDeployment:
-        return ModelDeployment(
+        client = ModelClient(
             handle,
             images_per_call=self._args.images_per_model_call,
             calls_in_flight=self._args.model_calls_in_flight,
             max_waiting_images=self._args.max_waiting_images,
         )
+        return ModelDeployment(handle, client)
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """The rollout's settings, in place (``serve deploy`` of a new user_config)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -141,19 +141,13 @@ async def call_model(method, *args) -> Any:
         raise model_unavailable("no model is loaded yet") from e
 
 
+@dataclass
 class ModelDeployment:
     """One model deployment (the stable or the candidate version) as an ingress replica sees it:
     its handle, its batching client, and the preprocessing spec of the version it serves as last
     seen (a SpecMismatch answer updates it)."""
 
-    def __init__(
-        self,
-        handle: DeploymentHandle,
-        images_per_call: int,
-        calls_in_flight: int,
-        max_waiting_images: int,
-    ):
-        self.handle = handle
-        self.client = ModelClient(handle, images_per_call, calls_in_flight, max_waiting_images)
-        self.spec: PreprocessSpec | None = None
-        self.spec_lock = asyncio.Lock()
+    handle: DeploymentHandle
+    client: ModelClient
+    spec: PreprocessSpec | None = None
+    spec_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
