@@ -9,6 +9,11 @@ exactly what the two ingresses do differently: routing, the query, reading the m
 encoding the answer and the JSON response. Each line is the best of --repeat timings of
 --number calls, in microseconds per call (best: the least disturbed by the other processes on
 a shared box). The old module is loaded from ``git show`` under another name, next to the new.
+
+A commit's ingress imports this checkout's other modules (--new-commit fails where they moved
+on, e.g. a route in api.py it lacks); to time a commit as it was, run from a snapshot:
+``git archive C | tar -x -C /tmp/snap && cd /tmp/snap && GIT_DIR=<repo>/.git python -m
+bench.api_overhead`` (how docs/performance.md "The typed API's cost" timed 2e5bc60 and 301835d).
 """
 
 from __future__ import annotations
