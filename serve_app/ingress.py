@@ -58,7 +58,7 @@ from serve_app.protocol import (
     PreprocessSpec,
     SpecMismatch,
 )
-from serve_app.rollout.config import IngressConfig, Role
+from serve_app.rollout.config import Role
 from serve_app.rollout.traffic import RolloutTraffic
 
 logger = logging.getLogger("ray.serve")
@@ -162,7 +162,7 @@ def encode_prediction(
     }
 
 
-@serve.deployment(name="Ingress", user_config=IngressConfig().model_dump())
+@serve.deployment(name="Ingress")
 class Ingress:
     def __init__(
         self,
@@ -172,12 +172,14 @@ class Ingress:
         monitor: DeploymentHandle | None = None,
     ):
         """model: the stable version's deployment; candidate: the rollout's (serve_app/rollout),
-        sent nothing while the rollout is off; monitor: where rollout counts add up."""
+        sent nothing while the rollout is off; monitor: holds the rollout's settings (read every
+        half second) and adds up its counts."""
         self._args = AppArgs.model_validate(args or {})
         self._model = model  # the stable version: /explain, /metadata, /readyz ask it
         self._stable = self._deployment(model)
         self._candidate = self._deployment(candidate) if candidate is not None else None
         self._traffic = RolloutTraffic(self._predict_on, monitor, VersionMetrics())
+        self._reading_rollout = False
         self._metrics = IngressMetrics()
         self._explains_running = 0  # at most args.explain_max_in_flight
         self._labels: tuple[str, ...] | None = None  # the serving model's, as last seen
@@ -197,14 +199,10 @@ class Ingress:
         )
         return ModelDeployment(handle, client)
 
-    def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """The rollout's settings, in place (``serve deploy`` of a new user_config)."""
-        config = IngressConfig.model_validate(user_config or {})
-        if config.rollout.mode != "off" and self._candidate is None:
-            raise ValueError("this application has no candidate deployment to roll out to")
-        self._traffic.config = config.rollout
-
     async def __call__(self, request: Request) -> Response:
+        if not self._reading_rollout:  # the first request: the replica's event loop runs
+            self._reading_rollout = True
+            self._traffic.start()
         path = route_of(request.url.path)
         methods = self._routes.get(path)
         handler = methods.get(request.method) if methods else None

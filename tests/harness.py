@@ -132,6 +132,7 @@ class ServeTestbed:
         return (
             serving["config_id"] == ModelConfig.model_validate(wanted).fingerprint()
             and serving["args_id"] == args.fingerprint()
+            and meta.json()["rollout"]["config"] == wanted_rollout(config)
         )
 
     def metadata(self) -> dict:
@@ -140,3 +141,13 @@ class ServeTestbed:
     def shutdown(self) -> None:
         self.http.close()
         serve.shutdown()
+
+
+def wanted_rollout(config: dict) -> dict:
+    """The rollout settings ``config`` asks for (RolloutMonitor's user_config), in full: a test
+    that left a rollout on (or a rollout command that failed) is undone by the next deploy."""
+    from serve_app.rollout.config import MonitorConfig
+
+    app = config["applications"][0]
+    entry = next((d for d in app["deployments"] if d["name"] == "RolloutMonitor"), {})
+    return MonitorConfig.model_validate(entry.get("user_config") or {}).rollout.model_dump()

@@ -8,7 +8,7 @@ from ray.serve.schema import ServeDeploySchema
 
 from serve_app.app import build_app
 from serve_app.config import AppArgs, ModelConfig
-from serve_app.rollout.config import IngressConfig
+from serve_app.rollout.config import MonitorConfig
 from tests.config_diff import GPU_OVERRIDES, differing_keys
 from tests.harness import ROOT, deployment
 
@@ -31,10 +31,8 @@ def test_config_is_a_valid_serve_config(name):
         "RolloutMonitor",
         "Ingress",
     }
-    assert (
-        IngressConfig.model_validate(deployment(app, "Ingress")["user_config"]).rollout.mode
-        == "off"
-    )
+    monitor = deployment(app, "RolloutMonitor")
+    assert MonitorConfig.model_validate(monitor["user_config"]).rollout.mode == "off"
 
 
 @pytest.mark.parametrize("name", ["config.yaml", "config.gpu.yaml"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import subprocess
 import sys
@@ -143,8 +144,9 @@ def test_pretrained_unavailable_is_clear():
 def test_cli_validation_errors(tmp_path):
     parser = build_parser()
     args = parser.parse_args(["--data-dir", str(tmp_path), "--epochs", "0", "--image-size", "8"])
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}  # not the command's own flags
     with pytest.raises(ValueError, match="--epochs.*\n.*|--image-size"):
-        TrainConfig(**vars(args))
+        TrainConfig(**{k: v for k, v in vars(args).items() if k in fields})
     with pytest.raises(ValueError, match="16-mixed needs --use-gpu"):
         TrainConfig(data_dir=str(tmp_path), precision="16-mixed")
     cfg = TrainConfig(data_dir="rel/data", model_store="s3://bucket/models")

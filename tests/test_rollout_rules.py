@@ -183,14 +183,14 @@ def test_config_edits_touch_only_in_place_fields():
     app = {d["name"]: d for d in step["applications"][0]["deployments"]}
     assert app["CandidateModel"]["user_config"]["model_uri"] == "store/m/v2"
     assert app["CandidateModel"]["autoscaling_config"]["min_replicas"] == 1
-    RolloutConfig.model_validate(app["Ingress"]["user_config"]["rollout"])
+    RolloutConfig.model_validate(app["RolloutMonitor"]["user_config"]["rollout"])
     back = without_candidate(step, "face-attributes")
     assert rollout_of(back, "face-attributes") == {"mode": "off"}
     promoted = with_stable_model(step, "face-attributes", "store/m/v2")
     assert stable_model_uri(promoted, "face-attributes") == "store/m/v2"
     for changed in (step, back, promoted):
         assert changed_paths(base["applications"][0], changed["applications"][0]) <= {
-            "Ingress.user_config", "CandidateModel.user_config",
+            "RolloutMonitor.user_config", "CandidateModel.user_config",
             "CandidateModel.autoscaling_config", "FaceAttributeModel.user_config",
         }  # fmt: skip
 

@@ -1,5 +1,7 @@
-"""The Ingress's rollout settings: its ``user_config`` in config.yaml, changed by
-``python -m serve_app.rollout`` through ``serve deploy`` (a reconfigure: no replica restarts)."""
+"""The rollout's settings: the ``user_config`` of the RolloutMonitor deployment in config.yaml,
+changed by ``python -m serve_app.rollout`` through ``serve deploy``; ingress replicas read them
+from the monitor every PUSH_INTERVAL_S (serve_app/rollout/monitor.py says why not their own
+user_config)."""
 
 from __future__ import annotations
 
@@ -52,8 +54,8 @@ class RolloutConfig(BaseModel):
         return self
 
 
-class IngressConfig(BaseModel):
-    """``user_config`` of the Ingress deployment."""
+class MonitorConfig(BaseModel):
+    """``user_config`` of the RolloutMonitor deployment."""
 
     model_config = ConfigDict(extra="forbid")
 

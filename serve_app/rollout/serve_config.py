@@ -1,8 +1,9 @@
 """The rollout's edits of the application's Serve config (what ``serve deploy`` takes).
 
-Each edit touches only fields Serve applies in place: the Ingress's and the models'
+Each edit touches only fields Serve applies in place: the RolloutMonitor's and the models'
 ``user_config`` (a reconfigure) and the candidate's ``autoscaling_config`` (replica count), so a
-rollout restarts no replica and drops no request. The functions are pure: config in, config out.
+rollout restarts no replica and drops no request (and never reconfigures the Ingress: see
+serve_app/rollout/monitor.py). The functions are pure: config in, config out.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from typing import Any
 
 from serve_app.rollout.config import CANDIDATE_DEPLOYMENT, STABLE_DEPLOYMENT
 
-INGRESS_DEPLOYMENT = "Ingress"
+MONITOR_DEPLOYMENT = "RolloutMonitor"  # its user_config holds the rollout's settings
 HTTP_OPTION_KEYS = ("host", "port", "root_path", "request_timeout_s", "keep_alive_timeout_s")
 
 
@@ -53,14 +54,14 @@ def deployment_entry(app: dict[str, Any], name: str) -> dict[str, Any]:
 
 
 def rollout_of(config: dict[str, Any], app_name: str) -> dict[str, Any]:
-    """The Ingress's rollout settings as deployed ({} when the config says nothing)."""
-    ingress = deployment_entry(copy.deepcopy(application(config, app_name)), INGRESS_DEPLOYMENT)
-    return (ingress.get("user_config") or {}).get("rollout") or {}
+    """The rollout settings as deployed ({} when the config says nothing)."""
+    monitor = deployment_entry(copy.deepcopy(application(config, app_name)), MONITOR_DEPLOYMENT)
+    return (monitor.get("user_config") or {}).get("rollout") or {}
 
 
 def with_candidate(config: dict[str, Any], app_name: str, model_uri: str) -> dict[str, Any]:
-    """The candidate deployment serving ``model_uri`` on at least one replica (the Ingress's
-    rollout unchanged: it is sent traffic only once it runs, by ``with_rollout``)."""
+    """The candidate deployment serving ``model_uri`` on at least one replica (the rollout
+    settings unchanged: it is sent traffic only once it runs, by ``with_rollout``)."""
     config = copy.deepcopy(config)
     app = application(config, app_name)
     stable = deployment_entry(app, STABLE_DEPLOYMENT)
@@ -88,7 +89,7 @@ def with_rollout(
     step: str,
     sticky_header: str | None,
 ) -> dict[str, Any]:
-    """The Ingress in ``mode`` for ``percent`` of requests, its counts under ``step``."""
+    """Ingresses in ``mode`` for ``percent`` of requests, counts under ``step``."""
     config = copy.deepcopy(config)
     rollout = {"mode": mode, "percent": percent, "step": step, "sticky_header": sticky_header}
     _set_rollout(application(config, app_name), rollout)
@@ -122,5 +123,5 @@ def stable_model_uri(config: dict[str, Any], app_name: str) -> str | None:
 
 
 def _set_rollout(app: dict[str, Any], rollout: dict[str, Any]) -> None:
-    ingress = deployment_entry(app, INGRESS_DEPLOYMENT)
-    ingress["user_config"] = {**(ingress.get("user_config") or {}), "rollout": rollout}
+    monitor = deployment_entry(app, MONITOR_DEPLOYMENT)
+    monitor["user_config"] = {**(monitor.get("user_config") or {}), "rollout": rollout}

@@ -42,7 +42,8 @@ class RolloutTraffic:
         self._predict_on = predict_on
         self._monitor = monitor
         self._metrics = metrics
-        self.config = RolloutConfig()
+        self.config = RolloutConfig()  # as last read from the monitor
+        self._settings: dict[str, Any] = self.config.model_dump()
         self._tally = Tally()
         self._versions: dict[str, str] = {}  # role -> version it last answered with
         self._copies_in_flight = 0
@@ -54,8 +55,14 @@ class RolloutTraffic:
     def active(self) -> bool:
         return self.config.mode != "off"
 
+    def start(self) -> None:
+        """Begin reading the settings (and sending counts) every PUSH_INTERVAL_S; called on the
+        first request, when the replica's event loop runs."""
+        if self._monitor is not None and (self._pusher is None or self._pusher.done()):
+            self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
+            self._keep(self._pusher)
+
     async def predict(self, image: bytes, client_key: str | None = None) -> Prediction:
-        self._start_pusher()
         plan = route(self.config, client_key, self._rng)
         if plan.serve == "candidate":
             try:
@@ -123,11 +130,6 @@ class RolloutTraffic:
 
     # ---- counts to the monitor ---------------------------------------------------------------
 
-    def _start_pusher(self) -> None:
-        if self._monitor is not None and (self._pusher is None or self._pusher.done()):
-            self._pusher = asyncio.get_running_loop().create_task(self._push_forever())
-            self._keep(self._pusher)
-
     def _keep(self, task: asyncio.Task) -> None:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -138,18 +140,24 @@ class RolloutTraffic:
             await self.push()
 
     async def push(self) -> None:
-        """Send the counts gathered since the last push. Refused ones are kept for the next
-        push; after a timeout they are dropped (the monitor may have added them)."""
-        if not self._tally or self._monitor is None:
+        """Send the counts gathered since the last push and take the current settings back.
+        Refused counts are kept for the next push; after a timeout they are dropped (the
+        monitor may have added them). Without an answer the last settings stay."""
+        if self._monitor is None:
             return
         entries = self._tally.take()
         try:
-            await asyncio.wait_for(self._monitor.add.remote(entries), MONITOR_TIMEOUT_S)
+            settings = await asyncio.wait_for(self._monitor.add.remote(entries), MONITOR_TIMEOUT_S)
         except asyncio.TimeoutError:
             logger.warning("rollout monitor did not answer in %.0f s", MONITOR_TIMEOUT_S)
+            return
         except Exception as e:
             logger.warning("rollout monitor refused counts (kept for the next push): %s", e)
             self._tally.merge(entries)
+            return
+        if settings != self._settings:
+            self.config = RolloutConfig.model_validate(settings)
+            self._settings = settings
 
     async def snapshot(self) -> dict[str, Any]:
         """This replica's settings and the counts of every replica (those pushed so far)."""

@@ -234,7 +234,9 @@ class ServeRun:
         procs = descendants(self.proc.pid)
         for proc in procs:
             self.seen[(proc.pid, proc.started)] = proc
-            if proc.name == "haproxy":
+            # A reloaded haproxy that exited but is not reaped yet (a zombie) has no command
+            # line, hence no config path: it names no directory.
+            if proc.name == "haproxy" and haproxy_config(proc):
                 self.node_dirs.add(Path(haproxy_config(proc)).parent)
         self.ports |= {listener.port for listener in listeners(procs)}
         return procs

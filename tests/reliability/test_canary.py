@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,12 +15,14 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from tests import images
 from tests.artifacts import write_tiny_artifact
 from tests.harness import ROOT, wait_for
 from tests.reliability.helpers import LoadGenerator, percentile, replica_pids
+from tests.test_metrics import metrics_url
 
 # Three colours: the tiny model's decisions differ between them, so agreement means something.
 LOAD_IMAGES = [images.solid(c) for c in (images.RED, images.GREEN, images.BLUE)]
@@ -68,6 +71,13 @@ def rollout_state(served) -> dict:
     return served.http.get("/rollout").json()
 
 
+def rollout_metrics() -> str | None:
+    text = httpx.get(metrics_url(), timeout=10).text
+    return (
+        text if "ray_face_version_decisions_total{" in text and 'version="same"' in text else None
+    )
+
+
 def step_figures(report: dict) -> dict:
     return {
         s["step"]: {
@@ -104,6 +114,14 @@ def test_rollout_walks_shadow_5_25_100_and_promotes_under_load(served, store, tm
     assert versions[0] == "v1" and versions[-1] == "same" and {"v1", "same"} == set(versions)
     shadow = report["steps"][0]["candidate"]
     assert shadow["agreement"] >= 0.9 and shadow["compared"] >= 30
+    # The same figures reach Prometheus through Ray's metrics agent (serve_app/metrics.py).
+    metrics = wait_for(rollout_metrics, 60, "the rollout's metrics on Ray's endpoint", 2)
+    for pattern in (
+        r'ray_face_version_requests_total\{[^}]*outcome="ok"[^}]*role="candidate"[^}]*version="same"',
+        r'ray_face_version_decisions_total\{[^}]*agreed="yes"[^}]*version="same"',
+        r'ray_face_version_latency_seconds_bucket\{[^}]*role="stable"',
+    ):
+        assert re.search(pattern, metrics), pattern
     figures.update(
         requests=load.count(),
         failed=0,
