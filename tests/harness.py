@@ -103,7 +103,11 @@ class ServeTestbed:
         model["ray_actor_options"]["num_cpus"] = 0.5
         model["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
         model["user_config"].update(model_uri=self.model_uri(model_version), **user_config)
-        deployment(app, "CandidateModel")["ray_actor_options"]["num_cpus"] = 0.5
+        candidate = deployment(app, "CandidateModel")
+        candidate["ray_actor_options"]["num_cpus"] = 0.5
+        # A candidate replica a rollout left (it goes after the autoscaler's look-back) that a
+        # later test's redeploy restarts must find a model: the stable's, not the code default.
+        candidate["user_config"] = dict(model["user_config"])
         ingress = deployment(app, "Ingress")
         ingress["ray_actor_options"]["num_cpus"] = 0.25
         ingress["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)

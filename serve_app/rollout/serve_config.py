@@ -67,7 +67,7 @@ def with_candidate(config: dict[str, Any], app_name: str, model_uri: str) -> dic
     stable = deployment_entry(app, STABLE_DEPLOYMENT)
     candidate = deployment_entry(app, CANDIDATE_DEPLOYMENT)
     # The candidate's own settings where its entry has them, else the stable's.
-    user_config = dict(candidate.get("user_config") or stable.get("user_config") or {})
+    user_config = {**(stable.get("user_config") or {}), **(candidate.get("user_config") or {})}
     user_config["model_uri"] = model_uri
     candidate["user_config"] = user_config
     scaling = dict(candidate.get("autoscaling_config") or stable.get("autoscaling_config") or {})
