@@ -192,17 +192,20 @@ class Rollout:
         ):
             self.roll_back(f"the stable deployment did not load {version}")
             raise SystemExit(ROLLED_BACK)
-        self._deploy(without_candidate(self.config(), self.args.app))
-        self._wait(lambda: self.snapshot()["config"]["mode"] == "off", self.args.ready_timeout)
+        self._turn_off()
         self.report["outcome"] = "promoted"
         self.say(f"promoted: {version} is the stable version; candidate off")
 
     def roll_back(self, reason: str) -> None:
         self.say(f"roll back: {reason}")
-        self._deploy(without_candidate(self.config(), self.args.app))
-        self._wait(lambda: self.snapshot()["config"]["mode"] == "off", self.args.ready_timeout)
+        self._turn_off()
         self.report.update(outcome="rolled back", reason=reason)
         self.say(f"rolled back: the stable version {self.serving().get('version')} answers all")
+
+    def _turn_off(self) -> None:
+        """Rollout off, the candidate's replicas going; back once the ingress says so."""
+        self._deploy(without_candidate(self.config(), self.args.app))
+        self._wait(lambda: self.snapshot()["config"]["mode"] == "off", self.args.ready_timeout)
 
     @staticmethod
     def _wait(predicate: Callable[[], bool], timeout: float, interval: float = 0.5) -> bool:

@@ -43,7 +43,6 @@ class RolloutTraffic:
         self._monitor = monitor
         self._metrics = metrics
         self.config = RolloutConfig()  # as last read from the monitor
-        self._settings: dict[str, Any] = self.config.model_dump()
         self._tally = Tally()
         self._versions: dict[str, str] = {}  # role -> version it last answered with
         self._copies_in_flight = 0
@@ -155,9 +154,8 @@ class RolloutTraffic:
             logger.warning("rollout monitor refused counts (kept for the next push): %s", e)
             self._tally.merge(entries)
             return
-        if settings != self._settings:
+        if settings != self.config.model_dump():
             self.config = RolloutConfig.model_validate(settings)
-            self._settings = settings
 
     async def snapshot(self) -> dict[str, Any]:
         """This replica's settings and the counts of every replica (those pushed so far)."""
