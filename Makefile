@@ -12,6 +12,9 @@ SERVE_ENV ?= $(shell sed -e '/^ *\#/d' -e '/^ *$$/d' -e 's|=serve_app/|=$(CURDIR
 # on loopback instead of every interface (docs/deploy.md, "Which ports are reachable").
 LOCAL_RAY_ENV ?= RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0
 
+# The Serve config `make serve` runs: `make serve CONFIG=config.gpu.yaml` on a GPU machine.
+CONFIG ?= config.yaml
+
 DEMO_DATA ?= data/synthetic
 DEMO_IMAGES ?= 3000
 DEMO_STORE ?= models
@@ -56,6 +59,7 @@ train: data
 
 serve: install
 	@echo ""
+	@echo "  Serving     $(CONFIG)"
 	@echo "  Web page    http://127.0.0.1:8000/"
 	@echo "  API         curl -F image=@$(DEMO_DATA)/img_align_celeba/000001.jpg http://127.0.0.1:8000/classify"
 	@echo "  OpenAPI     http://127.0.0.1:8000/openapi.json   (try it: http://127.0.0.1:8000/docs)"
@@ -64,7 +68,7 @@ serve: install
 	@echo "              RAY_AUTH_MODE=token $(BIN)/ray get-auth-token   (file: ~/.ray/auth_token)"
 	@echo "  Ctrl-C stops everything."
 	@echo ""
-	env $(LOCAL_RAY_ENV) env $(SERVE_ENV) $(BIN)/serve run config.yaml
+	env $(LOCAL_RAY_ENV) env $(SERVE_ENV) $(BIN)/serve run $(CONFIG)
 
 serve-env:  ## the environment `make serve` gives `serve run`, one NAME=value a line (tests read it)
 	@printf '%s\n' RAY_AUTH_MODE=$(RAY_AUTH_MODE) $(LOCAL_RAY_ENV) $(SERVE_ENV)

@@ -279,7 +279,8 @@ def test_serve_env_is_the_same_everywhere():
     dockerfile = (ROOT / "Dockerfile").read_text()
     cluster = yaml.safe_load((ROOT / "cluster.yaml").read_text())
     makefile = (ROOT / "Makefile").read_text()
-    assert "env $(SERVE_ENV) $(BIN)/serve run config.yaml" in makefile
+    assert "env $(SERVE_ENV) $(BIN)/serve run $(CONFIG)" in makefile
+    assert re.search(r"^CONFIG \?= config\.yaml$", makefile, re.M)
     for name, value in env.items():
         assert re.search(rf"^ENV .*\b{name}={value}\b", dockerfile, re.M), name
         assert f"--env {name}={value}" in cluster["docker"]["run_options"], name
