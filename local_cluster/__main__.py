@@ -78,7 +78,9 @@ def main() -> None:
   Load        {py} -m bench.loadgen --url {url}/classify --image {IMAGE} --concurrency 32 --seconds 120
               (the model deployment scales 1 -> 2+ replicas; each needs a GPU: the autoscaler
               adds gpu-workers nodes, and removes them {args.idle_timeout_minutes} min after the load)
-  Status      RAY_AUTH_MODE=token {Path(py).parent}/ray status --address {cluster.address}
+  Status      RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0 RAY_AUTH_MODE=token {Path(py).parent}/ray status --address {cluster.address}
+              (without the first setting `ray status` turns 127.0.0.1 into this machine's
+              network address, where this cluster does not listen)
   Ctrl-C stops every process this cluster started.
 """,
             flush=True,
