@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from serve_app.protocol import Prediction
+from serve_app.common.protocol import Prediction
 from train_job.celeba import ATTRIBUTES
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -138,8 +138,8 @@ def main() -> None:
     if args.new_commit:
         new = load_ingress(args.new_commit)
     else:
-        import serve_app.ingress as new
-    from serve_app.api import DEFAULT_QUERY
+        import serve_app.ingress.deployment as new
+    from serve_app.api.schema import DEFAULT_QUERY
 
     old = load_ingress(args.old_commit)
     image = bytes(20_000)  # a CelebA JPEG's size; never decoded here

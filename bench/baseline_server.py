@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from serve_app.inference import forward, load_model
+from serve_app.model.inference import forward, load_model
 
 
 def build(model_uri: str, threads: int, mode: str = "lockfree") -> Starlette:

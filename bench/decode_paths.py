@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from torchmetrics.classification import MultilabelAUROC
 
-from serve_app.decode import decode_image
-from serve_app.inference import forward, load_model
-from serve_app.model_decode import decode_batch
+from serve_app.common.decode import decode_image
+from serve_app.model.decode_batch import decode_batch
+from serve_app.model.inference import forward, load_model
 from train_job.data import CelebADataModule
 
 RESULTS = Path(__file__).resolve().parent / "results"

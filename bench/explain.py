@@ -23,9 +23,9 @@ import numpy as np
 import torch
 
 from bench.artifacts import bench_artifact
-from serve_app.explain import explain_on_thread
-from serve_app.face_attribute_model import FaceAttributeModel
-from serve_app.inference import forward, load_model
+from serve_app.model.deployment import FaceAttributeModel
+from serve_app.model.explain import explain_on_thread
+from serve_app.model.inference import forward, load_model
 
 
 def timed(fn, repeats: int) -> float:

@@ -17,7 +17,7 @@ from collections.abc import Callable
 
 import torch
 
-from serve_app.inference import forward, load_model
+from serve_app.model.inference import forward, load_model
 
 WARM_UP_CALLS = 3
 

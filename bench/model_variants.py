@@ -24,7 +24,7 @@ import torch
 
 from bench.artifacts import eager_model
 from bench.model_limit import random_batch, time_batches
-from serve_app.inference import DTYPES, forward, load_model
+from serve_app.model.inference import DTYPES, forward, load_model
 
 Call = Callable[[torch.Tensor], torch.Tensor]
 

@@ -243,8 +243,8 @@ def decode_limit(image: Path, seconds: float = 3.0) -> float:
     this box: one decoding thread per core (Pillow releases the GIL while it decodes)."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from serve_app.decode import decode_image
-    from serve_app.protocol import PreprocessSpec
+    from serve_app.common.decode import decode_image
+    from serve_app.common.protocol import PreprocessSpec
 
     data = image.read_bytes()
     spec = PreprocessSpec((224, 224), "bilinear", (0.5,) * 3, (0.5,) * 3)

@@ -261,6 +261,7 @@ class LocalCluster(AutoscalingCluster):
             cmd.append(f"--resources={json.dumps(head)}")
         if _system_config:
             cmd.append(f"--system-config={json.dumps(_system_config, separators=(',', ':'))}")
+        ensure_auth_token()
         env = {
             **os.environ,
             "AUTOSCALER_UPDATE_INTERVAL_S": "1",
@@ -330,3 +331,19 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
             last = e
         time.sleep(interval)
     raise TimeoutError(f"timed out after {timeout}s waiting for {what} (last error: {last})")
+
+
+def ensure_auth_token() -> None:
+    """Ray 2.60's token auth: `ray start --head` refuses to start without a token (only
+    ray.init makes one), so on a machine that never ran Ray the head would fail. Make the
+    token Ray makes for a local cluster (~/.ray/auth_token), as `ray get-auth-token --generate`
+    does, when auth is on and there is none."""
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() == "disabled":
+        return
+    ray_bin = os.path.join(os.path.dirname(sys.executable), "ray")
+    subprocess.run(
+        [ray_bin, "get-auth-token", "--generate"],
+        check=True,
+        stdout=subprocess.DEVNULL,
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+    )

@@ -26,7 +26,17 @@ Serving turns an artifact into a runnable module with ``load_torchscript(artifac
 dtype)``: cast to float32/float16/bfloat16 first, then frozen.
 """
 
-from model_store.metadata import FORMAT, FORMAT_VERSION, ArtifactMetadata, ArtifactSignature
+from model_store.metadata import (
+    CELEBA_TEMPLATE,
+    DETECTOR_FORMAT,
+    FORMAT,
+    FORMAT_VERSION,
+    LANDMARKS,
+    ArtifactMetadata,
+    ArtifactSignature,
+    DetectorMetadata,
+    FaceTemplate,
+)
 from model_store.preprocess import resize_for_model
 from model_store.store import (
     ArtifactError,
@@ -39,11 +49,16 @@ from model_store.store import (
 from model_store.torchscript import export_frozen_torchscript, export_torchscript, load_torchscript
 
 __all__ = [
+    "CELEBA_TEMPLATE",
+    "DETECTOR_FORMAT",
     "FORMAT",
     "FORMAT_VERSION",
+    "LANDMARKS",
     "ArtifactError",
     "ArtifactMetadata",
     "ArtifactSignature",
+    "DetectorMetadata",
+    "FaceTemplate",
     "LoadedArtifact",
     "export_frozen_torchscript",
     "export_torchscript",

@@ -9,6 +9,8 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 FORMAT = "face-attributes/torchscript"
+DETECTOR_FORMAT = "face-detector/torchscript"
+LANDMARKS = ("left_eye", "right_eye", "nose", "mouth_left", "mouth_right")
 # 2: model.pt is traced but not frozen (weights are parameters, so serving can cast them to
 # float16/bfloat16 and then freeze), and ``digest`` covers model.pt and all of metadata.json.
 # 1: model.pt was frozen and only model.pt was checksummed. Loaders refuse any other version.
@@ -25,6 +27,35 @@ class ArtifactSignature(BaseModel):
     # sha256 of the signer's raw 32-byte public key: names the key in error messages.
     public_key_sha256: str = Field(pattern=SHA256_HEX)
     value: str = Field(min_length=1)  # base64 of the 64-byte signature
+
+
+class FaceTemplate(BaseModel):
+    """The crop the training images had: a ``size`` (height, width) frame with the five
+    LANDMARKS at ``landmarks`` ((x, y) pixels in that frame). Serving maps each detected face
+    into it with a similarity transform before the usual resize (serve_app/ingress/faces.py)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    size: tuple[int, int]
+    landmarks: tuple[
+        tuple[float, float],
+        tuple[float, float],
+        tuple[float, float],
+        tuple[float, float],
+        tuple[float, float],
+    ]
+    source: str = Field(description="where the positions come from")
+
+
+# CelebA's aligned crops (178x218, img_align_celeba): where its alignment put the five landmarks,
+# to a few pixels (each image's own positions, list_landmarks_align_celeba, vary around these;
+# training on the release records their exact mean instead: train_job/data.py). Artifacts that
+# record no template of their own (trained before it was recorded) are served with this one.
+CELEBA_TEMPLATE = FaceTemplate(
+    size=(218, 178),
+    landmarks=((69.0, 111.0), (108.0, 111.0), (88.0, 135.0), (72.0, 152.0), (106.0, 152.0)),
+    source="celeba-aligned-mean",
+)
 
 
 class ArtifactMetadata(BaseModel):
@@ -59,6 +90,8 @@ class ArtifactMetadata(BaseModel):
     created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
     metrics: dict[str, Any] = Field(default_factory=dict)
     training: dict[str, Any] = Field(default_factory=dict)
+    # The aligned crop the training images had; None (artifacts before it): CELEBA_TEMPLATE.
+    face_template: FaceTemplate | None = None
 
     @field_validator("labels")
     @classmethod
@@ -101,9 +134,38 @@ class ArtifactMetadata(BaseModel):
         return [tuned.get(label, self.threshold) for label in self.labels]
 
     @property
+    def template(self) -> FaceTemplate:
+        """The recorded face template, or CelebA's for an artifact that has none."""
+        return self.face_template or CELEBA_TEMPLATE
+
+    @property
     def height(self) -> int:
         return self.input_size[0]
 
     @property
     def width(self) -> int:
         return self.input_size[1]
+
+
+class DetectorMetadata(BaseModel):
+    """metadata.json of a face detector artifact (``<store>/face-detector/<version>``): a
+    scripted module with the cascade's networks as submodules (``pnet``, ``rnet``, ``onet``),
+    stored, digested and signed like a classifier (model_store.store)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    format: Literal["face-detector/torchscript"] = DETECTOR_FORMAT
+    format_version: int = FORMAT_VERSION
+    name: str = Field(min_length=1)
+    version: str = Field(min_length=1)
+    method: Literal["mtcnn"] = "mtcnn"
+    # Score each stage of the cascade must reach (proposal, refinement, output).
+    stage_thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)
+    scale_factor: float = Field(default=0.709, gt=0.3, lt=0.95)  # image pyramid step
+    landmarks: tuple[str, ...] = LANDMARKS
+    sha256: str = Field(pattern=SHA256_HEX)
+    digest: str | None = Field(default=None, pattern=SHA256_HEX)
+    signature: ArtifactSignature | None = None
+    created_at: str = Field(default_factory=lambda: _dt.datetime.now(_dt.timezone.utc).isoformat())
+    source: str = Field(default="", description="where the weights come from, and their licence")
+    metrics: dict[str, Any] = Field(default_factory=dict)

@@ -17,7 +17,7 @@ from typing import Any
 
 import fsspec
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from model_store import signing
 from model_store.integrity import artifact_digest
@@ -36,7 +36,7 @@ class ArtifactError(Exception):
 @dataclass(frozen=True)
 class LoadedArtifact:
     uri: str  # the resolved version directory
-    metadata: ArtifactMetadata
+    metadata: ArtifactMetadata  # or the schema load_artifact was given (DetectorMetadata)
     model_bytes: bytes
 
 
@@ -104,21 +104,27 @@ REEXPORT_HINT = (
 )
 
 
-def load_artifact(model_uri: str, trusted_public_key: str | None = None) -> LoadedArtifact:
+def load_artifact(
+    model_uri: str,
+    trusted_public_key: str | None = None,
+    schema: type[BaseModel] = ArtifactMetadata,
+) -> LoadedArtifact:
     """Read and verify an artifact. Raises ArtifactError saying what is wrong and how to fix it.
 
     Checks, in order: metadata.json parses, its ``format_version`` is FORMAT_VERSION, it is valid
     metadata, model.pt matches ``sha256``, the digest over both files matches ``digest``, and,
     when ``trusted_public_key`` (a PEM public key file's path, or the PEM text) is given, that
     ``signature`` is that key's ed25519 signature of the digest. Without a trusted key a
-    signature is neither required nor checked.
+    signature is neither required nor checked. ``schema``: the metadata's model
+    (DetectorMetadata for a face detector); another kind of artifact is refused by its
+    ``format``.
     """
     version_uri = resolve_model_uri(model_uri)
     fs, path = _filesystem(version_uri)
     raw_metadata = _read_metadata_json(fs, path, version_uri)
     _check_format_version(raw_metadata, version_uri)
     try:
-        metadata = ArtifactMetadata.model_validate(raw_metadata)
+        metadata = schema.model_validate(raw_metadata)
     except ValidationError as e:
         raise ArtifactError(f"{METADATA_FILE} in {version_uri!r} is invalid: {e}") from e
     try:
@@ -171,7 +177,7 @@ def _check_format_version(raw_metadata: dict[str, Any], version_uri: str) -> Non
     )
 
 
-def _check_digest(metadata: ArtifactMetadata, computed: str, version_uri: str) -> None:
+def _check_digest(metadata: BaseModel, computed: str, version_uri: str) -> None:
     if metadata.digest is None:
         raise ArtifactError(
             f"{METADATA_FILE} in {version_uri!r} has no digest, so an edit to it cannot be "
@@ -188,7 +194,7 @@ def _check_digest(metadata: ArtifactMetadata, computed: str, version_uri: str) -
         )
 
 
-def _check_signature(metadata: ArtifactMetadata, trusted_public_key: str, version_uri: str) -> None:
+def _check_signature(metadata: BaseModel, trusted_public_key: str, version_uri: str) -> None:
     try:
         trusted = signing.load_public_key(trusted_public_key)
     except signing.KeyFileError as e:
@@ -216,6 +222,7 @@ def save_artifact(
     metadata: dict[str, Any],
     version: str | None = None,
     signing_key: str | Ed25519PrivateKey | None = None,
+    schema: type[BaseModel] = ArtifactMetadata,
 ) -> LoadedArtifact:
     """Write a new version and then move ``latest`` to it (the pointer is written last, so a
     reader never sees a half-written version). ``metadata`` gets format_version, name, version,
@@ -234,15 +241,15 @@ def save_artifact(
     base.pop("signature", None)
     version = version or new_version_name()
     # Refuse to write what serving would refuse, before claiming a version directory.
-    ArtifactMetadata.model_validate({**base, "version": version})
+    schema.model_validate({**base, "version": version})
     version = _claim_version_dir(fs, model_dir, version)
-    document = ArtifactMetadata.model_validate({**base, "version": version}).model_dump(
+    document = schema.model_validate({**base, "version": version}).model_dump(
         mode="json", exclude={"digest", "signature"}
     )
     document["digest"] = artifact_digest(model_sha256, document)
     if private_key is not None:
         document["signature"] = signing.sign_digest(document["digest"], private_key).model_dump()
-    validated = ArtifactMetadata.model_validate(document)
+    validated = schema.model_validate(document)
 
     version_dir = _join(model_dir, version)
     _write_bytes(fs, _join(version_dir, MODEL_FILE), model_bytes)

@@ -3,16 +3,19 @@
 Serve validates the ``args:`` mapping against AppArgs at deploy time, so a typo in config.yaml
 fails the deploy with the offending key instead of starting a misconfigured service.
 
-Four deployments: the Ingress; FaceAttributeModel (the stable version); CandidateModel (the same
-class, no replica until a rollout gives it an artifact: serve_app/rollout); RolloutMonitor (sums
-the ingress replicas' rollout counts).
+Five deployments: the Ingress; FaceAttributeModel (the stable version); CandidateModel (the same
+class, no replica until a rollout gives it an artifact: serve_app/rollout); RolloutMonitor (holds
+the rollout settings, sums the ingress replicas' counts); FaceDetector (the faces of POST /faces).
 """
+
+import uuid
 
 from ray.serve import Application
 
 from serve_app.config import AppArgs
-from serve_app.face_attribute_model import FaceAttributeModel
-from serve_app.ingress import Ingress
+from serve_app.detector.deployment import FaceDetector
+from serve_app.ingress.deployment import Ingress
+from serve_app.model.deployment import FaceAttributeModel
 from serve_app.rollout.config import CANDIDATE_DEPLOYMENT
 from serve_app.rollout.monitor import RolloutMonitor
 
@@ -22,7 +25,12 @@ NO_CANDIDATE_SCALING = {"min_replicas": 0, "initial_replicas": 0, "max_replicas"
 
 
 def build_app(args: AppArgs) -> Application:
+    """Serve calls this once per build of the application (a new application, or a change of
+    its args): ``deploy_id`` names that deploy, and the model deployments pin the version their
+    ``model_uri`` resolves to under it (serve_app/common/pin.py)."""
+    deploy_id = uuid.uuid4().hex[:16]
     model_args = dict(
+        deploy_id=deploy_id,
         device=args.device,
         precision=args.precision,
         torch_threads=args.torch_threads,
@@ -32,8 +40,15 @@ def build_app(args: AppArgs) -> Application:
     candidate = FaceAttributeModel.options(
         name=CANDIDATE_DEPLOYMENT, autoscaling_config=NO_CANDIDATE_SCALING
     ).bind(**model_args)
+    detector = FaceDetector.bind(
+        device=args.detector_device, torch_threads=None, deploy_id=deploy_id
+    )
     return Ingress.bind(
-        model=stable, args=args.model_dump(), candidate=candidate, monitor=RolloutMonitor.bind()
+        model=stable,
+        args=args.model_dump(),
+        candidate=candidate,
+        monitor=RolloutMonitor.bind(),
+        detector=detector,
     )
 
 

@@ -10,6 +10,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 DEFAULT_MODEL_URI = "models/face-attributes/latest"
+DEFAULT_DETECTOR_URI = "models/face-detector/latest"
 
 
 def fingerprint(config: BaseModel) -> str:
@@ -34,6 +35,10 @@ class AppArgs(BaseModel):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="model device; auto picks CUDA when the replica has a GPU"
     )
+    detector_device: Literal["auto", "cpu", "cuda"] = Field(
+        default="auto",
+        description="the face detector's device; auto picks CUDA when its replica has a GPU",
+    )
     precision: Literal["float32", "float16", "bfloat16"] = Field(
         default="float32",
         description="dtype of the model's weights and inputs; float16/bfloat16 also run on CPU "
@@ -49,7 +54,7 @@ class AppArgs(BaseModel):
         default=None,
         description="intra-op threads of a CPU model replica: a number; auto: 1 for a light "
         "model, 2 (or num_cpus if more) for one whose batch-1 forward takes 25 ms or more on "
-        "one thread (serve_app/threads.py); default: the replica's num_cpus",
+        "one thread (serve_app/model/threads.py); default: the replica's num_cpus",
     )
 
     @field_validator("torch_threads")
@@ -71,7 +76,19 @@ class AppArgs(BaseModel):
         default=128, ge=1, description="images waiting for a model call above which: 503"
     )
 
-    # POST /explain (serve_app/explain.py): each explanation costs explain_grid**2 forwards.
+    # POST /faces (serve_app/ingress/faces.py, serve_app/detector/).
+    max_faces: int = Field(
+        default=10, ge=1, le=100, description="faces answered per photo (most confident first)"
+    )
+    faces_detect_side: int = Field(
+        default=640,
+        ge=128,
+        le=4096,
+        description="a photo whose longer side is over this is searched for faces on a copy "
+        "downscaled to it (faces then need min_face_px x the scale to be found)",
+    )
+
+    # POST /explain (serve_app/model/explain.py): each explanation costs explain_grid**2 forwards.
     explain_max_in_flight: int = Field(
         default=4,
         ge=1,
@@ -111,8 +128,9 @@ class AppArgs(BaseModel):
         return int(self.max_body_mb * 1024 * 1024)
 
 
-class ModelConfig(BaseModel):
-    """``user_config`` of the FaceAttributeModel deployment; can change at runtime."""
+class ArtifactConfig(BaseModel):
+    """What every deployment that serves an artifact reads from its user_config: which one,
+    and how its version is pinned (serve_app/common/pin.py)."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -121,6 +139,33 @@ class ModelConfig(BaseModel):
         min_length=1,
         description="<store>/<name>/latest or <store>/<name>/<version>; a path or fsspec/pyarrow URI",
     )
+    reload: int = Field(
+        default=0,
+        ge=0,
+        description="change it (e.g. +1) and serve deploy to make every replica look at "
+        "model_uri again: a pointer (latest) is resolved anew and pinned, a refused artifact is "
+        "retried (Serve ignores a deploy of an unchanged config)",
+    )
+    follow_latest: bool = Field(
+        default=False,
+        description="serve whatever the latest pointer names, with no rollout and no gate: "
+        "replicas look every few seconds and switch together to a new version "
+        "(serve_app/common/pin.py); off: the version resolved at deploy stays pinned",
+    )
+    trusted_public_key: str | None = Field(
+        default=None,
+        description="ed25519 public key (PEM file path or PEM text): only artifacts signed by "
+        "its private key are served (python -m model_store.keys generate; train with "
+        "--signing-key)",
+    )
+
+    def fingerprint(self) -> str:
+        return fingerprint(self)
+
+
+class ModelConfig(ArtifactConfig):
+    """``user_config`` of the FaceAttributeModel deployment; can change at runtime."""
+
     max_batch_size: int = Field(default=16, ge=1, le=512)
     batch_wait_timeout_s: float = Field(default=0.005, ge=0.0, le=1.0)
     # Explanations have their own queue on the model replica so they never starve predictions.
@@ -140,12 +185,17 @@ class ModelConfig(BaseModel):
         description="occluded copies per forward pass; prediction batches run between chunks, "
         "so a /classify waits at most one chunk behind an explanation",
     )
-    trusted_public_key: str | None = Field(
-        default=None,
-        description="ed25519 public key (PEM file path or PEM text): only artifacts signed by "
-        "its private key are served (python -m model_store.keys generate; train with "
-        "--signing-key)",
-    )
 
-    def fingerprint(self) -> str:
-        return fingerprint(self)
+
+class DetectorConfig(ArtifactConfig):
+    """``user_config`` of the FaceDetector deployment; can change at runtime."""
+
+    model_uri: str = Field(
+        default=DEFAULT_DETECTOR_URI,
+        min_length=1,
+        description="<store>/face-detector/latest or a version (python -m train_job.face_detector)",
+    )
+    max_batch_size: int = Field(
+        default=8, ge=1, le=256, description="images of one size detected in one cascade run"
+    )
+    batch_wait_timeout_s: float = Field(default=0.0, ge=0.0, le=1.0)

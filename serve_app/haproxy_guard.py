@@ -35,12 +35,12 @@ the command line it scans (`-f <its config>`, to find its workers) are those of 
    - the backup server keeps its name (Ray's readiness check and target accounting look for it)
      but points at a frontend of this haproxy, on a unix socket in Ray's directory, that answers
      every request 503 `model_unavailable` with Retry-After, the API's error shape
-     (serve_app/errors.py), and its health check 200;
+     (serve_app/common/errors.py), and its health check 200;
    - `retry-on conn-failure` (Ray's default) becomes `conn-failure empty-response`, with
      `option http-buffer-request` so that a small request is whole in HAProxy's buffer and can be
      replayed: a request the dead replica took without answering is sent again, to another
      replica or, once the dead one is marked down, to the backup: a 503. Safe here because every
-     route is idempotent (serve_app/api.py: classification, explanation, metadata); a request
+     route is idempotent (serve_app/api/schema.py: classification, explanation, metadata); a request
      bigger than HAProxy's buffer (tune.bufsize, 16 kB) cannot be replayed and still loses its
      connection. Ray's comment on its default names the risk: a request that itself kills
      replicas is replayed to the next ones (at most `retries` times);
@@ -108,8 +108,8 @@ def restrict(config: str, admin_host: str) -> str:
 
 
 # ---- 3. fail fast ------------------------------------------------------------------------------
-# The API's 503 (serve_app/errors.py: {"error", "detail"}, Retry-After RETRY_AFTER_S; the code is
-# declared in serve_app/api.py). Literal here: the guard runs on any python3, without the venv.
+# The API's 503 (serve_app/common/errors.py: {"error", "detail"}, Retry-After RETRY_AFTER_S; the code is
+# declared in serve_app/api/schema.py). Literal here: the guard runs on any python3, without the venv.
 RETRY_AFTER_S = 1
 UNAVAILABLE_BODY = json.dumps(
     {

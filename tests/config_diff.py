@@ -15,18 +15,25 @@ GPU_OVERRIDES = frozenset(
         "args.images_per_model_call",
         "FaceAttributeModel.ray_actor_options.num_gpus",
         "CandidateModel.ray_actor_options.num_gpus",
-        "FaceAttributeModel.autoscaling_config.max_replicas",
+        "FaceDetector.ray_actor_options.num_gpus",
         "FaceAttributeModel.user_config.max_batch_size",
         "FaceAttributeModel.user_config.batch_wait_timeout_s",
     }
 )
 
 
-# kuberay/rayservice.yaml: the GPU variant, plus the model store on the cluster's shared volume.
+# kuberay/rayservice.yaml: the GPU variant, plus the model store on the cluster's shared volume
+# and GPU shares sized for its one-GPU nodes.
 # On the cluster the Ingress stays on cpu-workers nodes (the worker groups' labels); config.gpu.yaml
 # also serves one GPU machine, whose node has no such label, so it cannot say so.
 KUBERAY_OVERRIDES = GPU_OVERRIDES | {
     "FaceAttributeModel.user_config.model_uri",
+    "FaceDetector.user_config.model_uri",
+    # A cluster's GPU nodes hold one GPU each: half a GPU per model replica spreads them out.
+    "FaceAttributeModel.ray_actor_options.num_gpus",
+    "CandidateModel.ray_actor_options.num_gpus",
+    "FaceDetector.ray_actor_options.num_gpus",
+    "FaceAttributeModel.autoscaling_config.max_replicas",  # up to 4 on the cluster
     "Ingress.ray_actor_options.label_selector.face-attributes/node-type",
 }
 # Outside the application: pods must listen on their own address, not loopback.

@@ -6,6 +6,7 @@ Serving tests deploy the application declaratively, exactly as `serve deploy con
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 
@@ -23,7 +24,8 @@ os.environ.update({**local_serve_env(), **os.environ})
 
 import pytest
 
-from tests.harness import RayCluster, ServeTestbed, free_port
+from tests.figures import FIGURES
+from tests.harness import ROOT, RayCluster, ServeTestbed, free_port
 
 
 def pytest_collection_modifyitems(items):
@@ -32,6 +34,23 @@ def pytest_collection_modifyitems(items):
     that a second Serve on the machine cannot take, and `ray stop` would end the shared one."""
     first = [i for i in items if "own_ray" in i.keywords]
     items[:] = first + [i for i in items if "own_ray" not in i.keywords]
+
+
+@pytest.fixture
+def figures(request):
+    """figures["key"] = value, reported under the test's name (tests/figures.py)."""
+    return FIGURES.setdefault(request.node.name, {})
+
+
+def pytest_terminal_summary(terminalreporter):
+    if not FIGURES:
+        return
+    terminalreporter.section("figures")
+    for test, values in FIGURES.items():
+        terminalreporter.write_line(f"{test}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
+    out = ROOT / "test-output"
+    out.mkdir(exist_ok=True)
+    (out / "figures.json").write_text(json.dumps(FIGURES, indent=2))
 
 
 @pytest.fixture(scope="session")
@@ -50,13 +69,27 @@ def train_data(tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
+def trained_store(train_data, tmp_path_factory):
+    """A store holding a model trained on ``train_data`` (face-attributes/trained, the latest)
+    and the same architecture re-initialised (random/r1): tests/trained.py."""
+    from tests.trained import train_and_export
+
+    store = tmp_path_factory.mktemp("trained-store")
+    train_and_export(train_data, store)
+    return store
+
+
+@pytest.fixture(scope="session")
 def model_store(tmp_path_factory):
-    """A store with two good versions of a tiny model: v1 (64x64) and v2 (48x48)."""
+    """A store with two good versions of a tiny model, v1 (64x64) and v2 (48x48), and the face
+    detector (face-detector/latest)."""
     from tests.artifacts import write_tiny_artifact
+    from train_job.face_detector import export
 
     store = tmp_path_factory.mktemp("model-store")
     write_tiny_artifact(str(store), version="v1", input_size=(64, 64))
     write_tiny_artifact(str(store), version="v2", input_size=(48, 48), output_kind="probabilities")
+    export(str(store), version="mtcnn-1")
     return store
 
 

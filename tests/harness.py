@@ -94,24 +94,28 @@ class ServeTestbed:
         return str(self.model_store / APP_NAME / version)
 
     def base_config(self, model_version: str = "v1", **user_config: Any) -> dict:
-        """config.yaml, sized for a 2-core test box: one replica each, small CPU shares."""
+        """config.yaml with the session's store, one replica each (what each change is and why:
+        tests/shipped_differences.py)."""
         config = load_config()
         config["http_options"] = self.http_options()
         app = config["applications"][0]
         app["args"].update(max_body_mb=1, max_image_pixels=4_000_000, device="cpu")
         model = deployment(app, "FaceAttributeModel")
-        model["ray_actor_options"]["num_cpus"] = 0.5
         model["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
-        model["user_config"].update(model_uri=self.model_uri(model_version), **user_config)
+        model["user_config"].update({"model_uri": self.model_uri(model_version), **user_config})
         candidate = deployment(app, "CandidateModel")
-        candidate["ray_actor_options"]["num_cpus"] = 0.5
         # A candidate replica a rollout left (it goes after the autoscaler's look-back) that a
         # later test's redeploy restarts must find a model: the stable's, not the code default.
         candidate["user_config"] = dict(model["user_config"])
         ingress = deployment(app, "Ingress")
-        ingress["ray_actor_options"]["num_cpus"] = 0.25
         ingress["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
+        detector = deployment(app, "FaceDetector")
+        detector["user_config"]["model_uri"] = self.detector_uri()
+        detector["autoscaling_config"].update(min_replicas=1, initial_replicas=1, max_replicas=1)
         return config
+
+    def detector_uri(self) -> str:
+        return str(self.model_store / "face-detector" / "latest")
 
     def deploy(self, config: dict, timeout: float = 120) -> None:
         """Apply a config declaratively (as `serve deploy`) and wait until it is live."""

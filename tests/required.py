@@ -15,13 +15,25 @@ import pytest
 
 ALLOW_SKIP_ENV = "FACE_ALLOW_SKIP"
 TOOLS = {"browser", "crds"}
+CI_VALUES = {"true", "1", "yes"}  # GitHub and most CIs set CI=true; some CI=1
+
+
+def is_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    return environ.get("CI", "").strip().lower() in CI_VALUES
+
+
+def skip_unless_ci(reason: str) -> None:
+    """Skip with ``reason`` on a developer's box; under CI nothing may skip: fail instead."""
+    if is_ci():
+        pytest.fail(f"{reason} (CI: a check that cannot run fails instead of skipping)")
+    pytest.skip(reason)
 
 
 def allowed_to_skip(tool: str, environ: Mapping[str, str] = os.environ) -> bool:
     """Whether ``tool`` (one of TOOLS) may be skipped: listed in FACE_ALLOW_SKIP, not CI."""
     if tool not in TOOLS:
         raise ValueError(f"unknown tool {tool!r}: one of {sorted(TOOLS)}")
-    if environ.get("CI") == "true":
+    if is_ci(environ):
         return False
     listed = {t.strip() for t in environ.get(ALLOW_SKIP_ENV, "").split(",") if t.strip()}
     return tool in listed or "all" in listed

@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from serve_app.batching import BatchWhenFree, QueueFull
+from serve_app.common.batching import BatchWhenFree, QueueFull
 
 
 class SlowModel:
@@ -151,7 +151,7 @@ def test_a_full_queue_refuses_at_once():
 def test_model_calls_stay_under_the_grpc_message_limit():
     import numpy as np
 
-    from serve_app.model_client import MAX_CALL_BYTES, transport_chunks
+    from serve_app.ingress.model_client import MAX_CALL_BYTES, transport_chunks
 
     batch = np.zeros((32, 3, 224, 224), dtype=np.uint8)  # 4.8 MB: over gRPC's 4 MiB default
     chunks = transport_chunks(batch)

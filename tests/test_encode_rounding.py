@@ -3,7 +3,7 @@ speed) must give exactly what ``round(v, 6)`` gave, or response bodies would cha
 
 import numpy as np
 
-from serve_app.ingress import rounded
+from serve_app.ingress.encode import rounded
 
 
 def test_rounded_is_round_to_6_places_bit_for_bit():

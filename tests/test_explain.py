@@ -1,4 +1,4 @@
-"""POST /explain (serve_app/explain.py): occlusion maps that are right by construction on a model
+"""POST /explain (serve_app/model/explain.py, serve_app/ingress/explain.py): occlusion maps that are right by construction on a model
 whose answer depends on a known part of the image, that never starve predictions, that shed
 load with a 503, and that are *faithful* on generated faces whose attribute regions are known:
 a model trained on them puts its map where the attribute was drawn, a re-initialised one does
@@ -17,12 +17,13 @@ import pytest
 import torch
 from PIL import Image
 
-from serve_app.batching import QueueFull
-from serve_app.decode import decode_image
-from serve_app.errors import ApiError
-from serve_app.explain import ExplainQuery, choose_attributes, explain_on_thread, patch_bounds
-from serve_app.face_attribute_model import FaceAttributeModel
-from serve_app.inference import load_model
+from serve_app.common.batching import QueueFull
+from serve_app.common.decode import decode_image
+from serve_app.common.errors import ApiError
+from serve_app.ingress.explain import ExplainQuery, choose_attributes
+from serve_app.model.deployment import FaceAttributeModel
+from serve_app.model.explain import explain_on_thread, patch_bounds
+from serve_app.model.inference import load_model
 from tests import images
 from tests.artifacts import write_tiny_artifact
 from train_job.celeba import IMAGE_HEIGHT, IMAGE_WIDTH
@@ -242,43 +243,6 @@ def test_explanations_overflow_to_503_while_classify_answers(served):
 # ---- faithful on faces whose attribute regions are known ---------------------------------------
 
 
-def train_demo_like_model(data_dir: Path, store: Path) -> str:
-    """resnet18 at 64x64 (the demo's backbone and size), 3 epochs on the 1,600 training faces,
-    in this process with the project's LightningModule and data module (no Ray: ~40 s on 2
-    cores), exported as training exports it (probabilities out). Returns the artifact's uri."""
-    import lightning.pytorch as pl
-
-    from train_job.data import INTERPOLATION, CelebADataModule
-    from train_job.module import FaceAttributeClassifier
-
-    torch.manual_seed(0)
-    data = CelebADataModule(str(data_dir), image_size=64, batch_size=32, num_workers=0, seed=0)
-    model = FaceAttributeClassifier(data.attribute_names, backbone="resnet18", lr=2e-3)
-    trainer = pl.Trainer(
-        max_epochs=3, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
-        enable_progress_bar=False, enable_model_summary=False, limit_val_batches=0,
-    )  # fmt: skip
-    trainer.fit(model, train_dataloaders=data.train_dataloader())
-    metadata = {
-        "labels": list(data.attribute_names), "input_size": [64, 64], "mean": list(data.mean),
-        "std": list(data.std), "interpolation": INTERPOLATION, "output_kind": "probabilities",
-        "backbone": "resnet18",
-    }  # fmt: skip
-    trained = save(model.net, store, "trained", metadata)
-    torch.manual_seed(1)  # the same architecture, re-initialised
-    fresh = FaceAttributeClassifier(data.attribute_names, backbone="resnet18").net
-    save(fresh, store, "random", metadata)
-    return trained
-
-
-def save(net: torch.nn.Module, store: Path, name: str, metadata: dict) -> str:
-    from model_store import export_torchscript, save_artifact
-
-    exported = torch.nn.Sequential(net, torch.nn.Sigmoid()).eval()
-    data = export_torchscript(exported, torch.randn(2, 3, 64, 64))
-    return save_artifact(str(store), name, data, metadata).uri
-
-
 def mass_ratio(heat: np.ndarray, boxes: list[list[int]]) -> float:
     """(share of the map's mass inside the boxes) / (the boxes' share of the image), each cell's
     value spread evenly over the pixels of the 178x218 image it covers. An empty map says
@@ -317,11 +281,11 @@ def faithfulness(uri: str, data_dir: Path, names: list[str]) -> dict[str, list[f
 
 @pytest.mark.train
 @pytest.mark.slow
-def test_maps_of_a_trained_model_fall_where_attributes_were_drawn(train_data, tmp_path):
+def test_maps_of_a_trained_model_fall_where_attributes_were_drawn(train_data, trained_store):
     """Floor: on the test split's faces that show a CHECKED attribute, the mean ratio is at least
     FAITHFUL_FLOOR (3x) for the trained model, and each attribute's at least 2x. The same floor
     fails for the same architecture re-initialised: the test can tell a map from noise."""
-    trained = train_demo_like_model(train_data, tmp_path / "store")
+    trained = str(trained_store / "face-attributes" / "trained")
     regions = json.loads((train_data / REGIONS_FILE).read_text())
     test_split = sorted(regions)[1800:]  # partition 2 of 2,000 faces
     names = [n for n in test_split if set(regions[n]) & set(CHECKED)][:80]
@@ -337,7 +301,7 @@ def test_maps_of_a_trained_model_fall_where_attributes_were_drawn(train_data, tm
     assert report("trained", ratios) >= FAITHFUL_FLOOR
     assert all(np.mean(r) >= 2.0 for r in ratios.values()), ratios
 
-    random_uri = str(tmp_path / "store" / "random" / "latest")
+    random_uri = str(trained_store / "random" / "latest")
     assert report("random", faithfulness(random_uri, train_data, names)) < FAITHFUL_FLOOR
 
 
@@ -360,7 +324,7 @@ def test_default_attributes_are_judged_by_each_labels_tuned_threshold():
     """An artifact with tuned thresholds: /explain's default attributes are those /classify
     marks, each judged by its own threshold (0.3 passes b's 0.2; 0.6 fails a's 0.7), not by
     the single 0.5."""
-    from serve_app.explain import Explanations
+    from serve_app.common.protocol import Explanations
 
     probs = np.array([[0.6, 0.3, 0.1]], np.float32)
     answer = Explanations(

@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from serve_app.decode import decode_image
-from serve_app.face_attribute_model import FaceAttributeModel, public_metadata
-from serve_app.protocol import PreprocessSpec
+from serve_app.common.decode import decode_image
+from serve_app.common.protocol import PreprocessSpec
+from serve_app.model.deployment import FaceAttributeModel, public_metadata
 from tests.artifacts import CELEBA_LABELS, tuned_thresholds, write_tiny_artifact
 from train_job.synthetic import generate
 

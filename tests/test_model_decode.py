@@ -11,10 +11,10 @@ import pytest
 import torch
 from PIL import Image, ImageFilter
 
-from serve_app.decode import decode_image
-from serve_app.errors import ApiError
-from serve_app.model_decode import decode_batch
-from serve_app.protocol import PreprocessSpec
+from serve_app.common.decode import decode_image
+from serve_app.common.errors import ApiError
+from serve_app.common.protocol import PreprocessSpec
+from serve_app.model.decode_batch import decode_batch
 from tests import images
 from train_job.synthetic import generate
 
@@ -137,7 +137,7 @@ def test_cmyk_and_grayscale_jpegs_come_out_as_pil_makes_them():
 
 
 def test_a_jpeg_torchvision_refuses_is_decoded_by_pil(monkeypatch):
-    import serve_app.model_decode as model_decode
+    import serve_app.model.decode_batch as model_decode
 
     def refuse(*args, **kwargs):
         raise RuntimeError("unsupported JPEG")

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from jsonschema import Draft202012Validator
 
-from serve_app.api import ENDPOINTS, ERROR_CODES
+from serve_app.api.schema import ENDPOINTS, ERROR_CODES
 from tests import images
 
 pytestmark = pytest.mark.serve
@@ -55,6 +55,12 @@ def check(doc: dict, method: str, route: str, response: httpx.Response) -> None:
         assert errors == [], (method, route, response.status_code, errors[:5])
     for header in declared.get("headers", {}):
         assert header.lower() in response.headers, (route, response.status_code, header)
+
+
+def astronaut_jpeg() -> bytes:
+    from tests.test_faces import astronaut, jpeg
+
+    return jpeg(astronaut())
 
 
 def multipart(*fields: tuple[str, bytes]) -> dict:
@@ -146,12 +152,19 @@ CASES = [
     ("POST", "/explain", "/explain?grid=2&format=png", raw(JPEG), 200, None),
     ("POST", "/explain", "/explain?grid=99", raw(JPEG), 422, "invalid_query"),
     ("POST", "/explain", "/explain?attribute=Nope&grid=2", raw(JPEG), 422, "unknown_attribute"),
+    ("GET", "/rollout", "/rollout", {}, 200, None),
+    ("POST", "/faces", "/faces", raw(JPEG), 200, None),  # no face: 200 and an empty list
+    ("POST", "/faces", "/faces?top_k=2&max_faces=1", raw(astronaut_jpeg()), 200, None),
+    ("POST", "/faces", "/faces", raw(b""), 400, "empty_image"),
+    ("POST", "/faces", "/faces?min_face_px=5", raw(JPEG), 422, "invalid_query"),
     ("GET", "/classify", "/classify", {}, 405, "method_not_allowed"),
     ("POST", "/healthz", "/healthz", {}, 405, "method_not_allowed"),
 ]
 
 
 def test_every_route_and_error_matches_the_document(served):
+    untried = {(e.method, e.path) for e in ENDPOINTS} - {(m, r) for m, r, *_ in CASES}
+    assert untried == set(), f"add a case for each route: {untried}"
     doc = served.http.get("/openapi.json").json()
     seen: set[tuple[int, str]] = set()
     for method, route, url, kwargs, status, code in CASES:
@@ -173,8 +186,8 @@ def test_every_route_and_error_matches_the_document(served):
 
 def test_document_lists_every_route_and_status_the_code_has():
     """Generated from api.ENDPOINTS: each route, its query parameters and its error statuses."""
+    from serve_app.api.openapi import openapi_spec
     from serve_app.config import AppArgs
-    from serve_app.openapi import openapi_spec
 
     doc = openapi_spec(AppArgs())
     assert doc["openapi"] == "3.0.3"  # what the bundled Swagger UI 4 renders
@@ -196,13 +209,13 @@ def test_document_lists_every_route_and_status_the_code_has():
 
 
 def test_explain_accepts_exactly_the_documented_parameters():
-    """ExplainQuery (serve_app/explain.py) parses /explain's query; the document takes its
+    """ExplainQuery (serve_app/ingress/explain.py) parses /explain's query; the document takes its
     parameters from api.ExplainParams: both name the same ones."""
     from starlette.datastructures import QueryParams
 
-    from serve_app.api import ExplainParams
-    from serve_app.errors import ApiError
-    from serve_app.explain import ExplainQuery
+    from serve_app.api.schema import ExplainParams
+    from serve_app.common.errors import ApiError
+    from serve_app.ingress.explain import ExplainQuery
 
     valid = {"attribute": "Smiling", "format": "png", "grid": "4", "opacity": "0.5"}
     assert set(ExplainParams.model_fields) == set(valid)

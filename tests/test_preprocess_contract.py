@@ -5,9 +5,9 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from serve_app.decode import decode_image
-from serve_app.inference import LoadedModel, forward
-from serve_app.protocol import PreprocessSpec
+from serve_app.common.decode import decode_image
+from serve_app.common.protocol import PreprocessSpec
+from serve_app.model.inference import LoadedModel, forward
 from train_job.data import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATION, eval_transform
 from train_job.synthetic import generate
 
@@ -32,7 +32,7 @@ def test_model_side_normalisation_equals_training(tmp_path):
     from tests.artifacts import write_tiny_artifact
 
     art = write_tiny_artifact(str(tmp_path), input_size=(32, 32))
-    from serve_app.inference import load_model
+    from serve_app.model.inference import load_model
 
     loaded: LoadedModel = load_model(art.uri, torch.device("cpu"))
     batch = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
@@ -46,7 +46,7 @@ def test_model_side_decode_is_within_one_level_of_training_eval_pixels(tmp_path)
     """decode_on: model (torchvision decode + antialiased tensor resize on the model's device)
     against training's eval transform (PIL): the tolerance this path is held to is 1 grey level
     per pixel on CelebA-sized JPEGs (measured: max 1, mean 0.001)."""
-    from serve_app.model_decode import decode_batch
+    from serve_app.model.decode_batch import decode_batch
 
     generate(tmp_path, 12, seed=4)
     size = (72, 56)

@@ -23,6 +23,8 @@ from tests.required import allowed_to_skip
         ({"FACE_ALLOW_SKIP": "all"}, "crds", True),
         ({"FACE_ALLOW_SKIP": "all", "CI": "true"}, "crds", False),
         ({"FACE_ALLOW_SKIP": "browser", "CI": "true"}, "browser", False),
+        ({"FACE_ALLOW_SKIP": "all", "CI": "1"}, "crds", False),  # CI=1 is CI too
+        ({"FACE_ALLOW_SKIP": "all", "CI": "false"}, "crds", True),
     ],
 )
 def test_only_a_named_opt_out_outside_ci_allows_a_skip(environ, tool, expected):

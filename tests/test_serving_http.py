@@ -353,35 +353,16 @@ def test_large_inputs_batched_across_requests_fit_the_transport(served, tmp_path
 def test_model_swap_under_load_loses_nothing(served):
     """v1 (64x64, logits) -> v2 (48x48, probabilities) while requests flow: zero failures, and
     the ingress follows the new input size from the artifact's metadata."""
-    import threading
+    from tests.harness import wait_for
+    from tests.load import ClosedLoopLoad
 
-    stop = threading.Event()
-    results: list[tuple[int, str | None]] = []
-
-    def load():
-        with httpx.Client(base_url=served.url, timeout=60) as c:
-            while not stop.is_set():
-                r = classify(c, images.solid(images.RED))
-                version = r.json()["model"]["version"] if r.status_code == 200 else None
-                results.append((r.status_code, version))
-
-    threads = [threading.Thread(target=load) for _ in range(4)]
-    for t in threads:
-        t.start()
-    try:
+    with ClosedLoopLoad(served.url, clients=4, images=images.solid(images.RED)) as load:
         served.deploy(served.base_config(model_version="v2"))
-        from tests.harness import wait_for
-
-        wait_for(lambda: results and results[-1][1] == "v2", 60, "responses from v2")
-        n_after = len(results)
-        wait_for(lambda: len(results) > n_after + 20, 60, "more requests after the swap")
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    statuses = [s for s, _ in results]
-    assert statuses.count(200) == len(statuses), f"failed: {[s for s in statuses if s != 200]}"
-    versions = [v for _, v in results]
+        wait_for(lambda: load.versions()[-1:] == ["v2"], 60, "responses from v2")
+        n_after = load.count()
+        wait_for(lambda: load.count() > n_after + 20, 60, "more requests after the swap")
+    assert load.failures() == [], load.describe_failures()
+    versions = load.versions()
     assert versions[0] == "v1" and versions[-1] == "v2"
     assert served.metadata()["input_size"] == [48, 48]
     assert top_label(classify(served.http, images.solid(images.RED))) == CELEBA_LABELS[0]

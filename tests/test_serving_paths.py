@@ -112,8 +112,8 @@ def expected_probabilities(uri: str, data: bytes) -> np.ndarray:
     """What the artifact at ``uri`` answers for ``data`` prepared its own way, in process."""
     import torch
 
-    from serve_app.decode import decode_image
-    from serve_app.inference import forward, load_model
+    from serve_app.common.decode import decode_image
+    from serve_app.model.inference import forward, load_model
 
     model = load_model(uri, torch.device("cpu"))
     pixels = torch.from_numpy(decode_image(data, model.spec, 10**7).copy())[None]

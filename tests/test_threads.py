@@ -1,4 +1,4 @@
-"""torch_threads: auto (serve_app/threads.py): one thread for a light model, more for a heavy
+"""torch_threads: auto (serve_app/model/threads.py): one thread for a light model, more for a heavy
 one, decided on the replica's inference thread when a model loads."""
 
 from __future__ import annotations
@@ -9,9 +9,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from serve_app import threads
 from serve_app.config import AppArgs
-from serve_app.face_attribute_model import FaceAttributeModel
+from serve_app.model import threads
+from serve_app.model.deployment import FaceAttributeModel
 from tests.artifacts import write_tiny_artifact
 
 Replica = FaceAttributeModel.func_or_class

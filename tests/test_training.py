@@ -86,7 +86,7 @@ def test_ray_job_submit_trains_ddp_and_exports_a_servable_model(ray_cluster, tra
         )
 
     # The serving code loads it (no training imports on that path).
-    from serve_app.inference import forward, load_model
+    from serve_app.model.inference import forward, load_model
 
     served = load_model(str(store / "face-attributes" / "latest"), torch.device("cpu"))
     probs = forward(served, torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8))

@@ -467,3 +467,45 @@ def test_page_draws_a_rollout_in_progress(browser, served, model_store):
     SCREENSHOTS.mkdir(exist_ok=True)
     browser.save_screenshot(str(SCREENSHOTS / "web-page-rollout.png"))
     served.deploy(served.base_config())
+
+
+@pytest.mark.serve
+def test_page_boxes_every_face_and_shows_the_chosen_faces_bars(browser, served, tmp_path):
+    """A group photo (three copies of the astronaut): a box per face over the photo; clicking
+    the second shows that face's 40 bars, the same numbers as POST /faces answers for it.
+    Screenshot: test-output/faces.png."""
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from tests.test_faces import ASTRONAUT_CROP, astronaut, jpeg
+
+    group = Image.new("RGB", (900, 320), (60, 70, 80))
+    for i, side in enumerate((200, 256, 230)):
+        group.paste(astronaut().crop(ASTRONAUT_CROP).resize((side, side)), (30 + 290 * i, 30))
+    photo = tmp_path / "group.jpg"
+    photo.write_bytes(jpeg(group))
+    answer = served.http.post(
+        "/faces?top_k=40", files={"image": ("group.jpg", photo.read_bytes(), "image/jpeg")}
+    ).json()
+    assert len(answer["faces"]) == 3, answer
+    csp_violations(browser)
+    upload(browser, served, photo)
+    wait_for_result(browser)
+    boxes = browser.find_elements(By.CSS_SELECTOR, "#boxes .face-box")
+    assert len(boxes) == 3
+    assert "Face 1 of 3" in browser.find_element(By.ID, "status").text
+    boxes[1].click()
+    WebDriverWait(browser, 10).until(
+        lambda b: b.find_element(By.ID, "status").get_attribute("data-face") == "1"
+    )
+    shown = {
+        e.get_attribute("data-label"): e.text
+        for e in browser.find_elements(By.CSS_SELECTOR, "#results .pct")
+    }
+    expected = {k: f"{v * 100:.1f}%" for k, v in answer["faces"][1]["probabilities"].items()}
+    assert shown == expected
+    assert "selected" in boxes[1].get_attribute("class")
+    assert csp_violations(browser) == []
+    SCREENSHOTS.mkdir(exist_ok=True)
+    browser.save_screenshot(str(SCREENSHOTS / "faces.png"))

@@ -29,3 +29,9 @@ IMAGE_WIDTH, IMAGE_HEIGHT = 178, 218  # img_align_celeba
 ATTR_CSV, ATTR_TXT = "list_attr_celeba.csv", "list_attr_celeba.txt"
 PARTITION_CSV, PARTITION_TXT = "list_eval_partition.csv", "list_eval_partition.txt"
 IMAGES_DIR = "img_align_celeba"
+LANDMARKS_CSV, LANDMARKS_TXT = "list_landmarks_align_celeba.csv", "list_landmarks_align_celeba.txt"
+# Kaggle's header (the original release's second line, space separated); left/right as seen.
+LANDMARK_COLUMNS = (
+    "lefteye_x", "lefteye_y", "righteye_x", "righteye_y", "nose_x", "nose_y",
+    "leftmouth_x", "leftmouth_y", "rightmouth_x", "rightmouth_y",
+)  # fmt: skip

@@ -21,7 +21,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 from torchvision.transforms import InterpolationMode, v2
 
-from train_job.celeba import ATTR_CSV, ATTR_TXT, IMAGES_DIR, PARTITION_CSV, PARTITION_TXT
+from model_store import CELEBA_TEMPLATE, FaceTemplate
+from train_job.celeba import (
+    ATTR_CSV,
+    ATTR_TXT,
+    IMAGES_DIR,
+    LANDMARKS_CSV,
+    LANDMARKS_TXT,
+    PARTITION_CSV,
+    PARTITION_TXT,
+)
 
 # ImageNet statistics: right for torchvision's pretrained backbones and fine from scratch.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -46,6 +55,7 @@ class CelebALayout:
     attributes_file: Path
     partition_file: Path | None
     images_dir: Path
+    landmarks_file: Path | None = None  # list_landmarks_align_celeba: the crops' geometry
 
     @classmethod
     def discover(cls, data_dir: str | os.PathLike) -> CelebALayout:
@@ -63,7 +73,8 @@ class CelebALayout:
         if not images.is_dir():
             raise DataError(f"{root} has no {IMAGES_DIR}/ folder of images")
         partition = _first_existing(root / PARTITION_CSV, root / PARTITION_TXT)
-        return cls(root, attributes, partition, images)
+        landmarks = _first_existing(root / LANDMARKS_CSV, root / LANDMARKS_TXT)
+        return cls(root, attributes, partition, images, landmarks)
 
 
 def _first_existing(*paths: Path) -> Path | None:
@@ -105,6 +116,51 @@ def read_attributes(path: Path) -> AttributeTable:
         ids.append(row[0])
         labels[i] = [1 if v == 1 else 0 for v in values]
     return AttributeTable(ids, names, labels)
+
+
+def face_template(layout: CelebALayout, image_ids: list[str] | None = None) -> dict:
+    """The aligned crop the images share, for the artifact's ``face_template``: the mean of
+    each landmark over ``image_ids`` (all when None) from list_landmarks_align_celeba, in the
+    images' pixels; without that file, CelebA's (model_store.CELEBA_TEMPLATE)."""
+    if layout.landmarks_file is None:
+        return CELEBA_TEMPLATE.model_dump(mode="json")
+    table = read_landmarks(layout.landmarks_file)
+    wanted = set(image_ids) if image_ids is not None else None
+    rows = [v for k, v in table.items() if wanted is None or k in wanted]
+    if not rows:
+        raise DataError(f"{layout.landmarks_file} lists none of the training images")
+    mean = np.asarray(rows, dtype=np.float64).mean(0).reshape(5, 2)
+    with Image.open(layout.images_dir / next(iter(wanted or table))) as first:
+        width, height = first.size
+    return FaceTemplate(
+        size=(height, width),
+        landmarks=tuple((round(float(x), 2), round(float(y), 2)) for x, y in mean),
+        source=f"mean of {layout.landmarks_file.name} over {len(rows)} training images",
+    ).model_dump(mode="json")
+
+
+def read_landmarks(path: Path) -> dict[str, list[float]]:
+    """list_landmarks_align_celeba (Kaggle's .csv or the release's .txt) -> {image: 10 values}."""
+    with open(path) as f:
+        lines = f.read().splitlines()
+    if path.suffix == ".csv":
+        body, first_line = lines[1:], 2
+    else:  # a count line, a names line
+        body, first_line = lines[2:], 3
+    out: dict[str, list[float]] = {}
+    for i, line in enumerate(body):
+        fields = line.replace(",", " ").split()
+        if not fields:
+            continue
+        try:
+            if len(fields) != 11:
+                raise ValueError(f"{len(fields)} fields")
+            out[fields[0]] = [float(v) for v in fields[1:]]
+        except ValueError as e:
+            raise DataError(
+                f"{path} line {first_line + i}: expected an image and 10 coordinates ({e})"
+            ) from e
+    return out
 
 
 def read_partition(path: Path) -> dict[str, int]:
@@ -245,6 +301,11 @@ class CelebADataModule(pl.LightningDataModule):
     @property
     def attribute_names(self) -> list[str]:
         return self.table.attribute_names
+
+    def face_template(self) -> dict:
+        """The artifact's face_template: the training images' mean landmarks (face_template)."""
+        ids = [self.table.image_ids[i] for i in self.splits["train"]]
+        return face_template(self.layout, ids)
 
     def _check_images_exist(self) -> None:
         for idx in self.splits.values():

@@ -134,6 +134,7 @@ def export_and_evaluate(
         "thresholds": thresholds,
         "output_kind": "probabilities",
         "backbone": cfg.backbone,
+        "face_template": datamodule.face_template(),
         "metrics": {
             "val_auroc": val.summary["auroc"],
             "test_auroc": test.summary["auroc"],

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import posixpath
+import re
 import signal
 import sys
 import time
@@ -20,11 +22,21 @@ from typing import Any
 
 import httpx
 
+from serve_app.config import DEFAULT_MODEL_URI
 from serve_app.rollout.config import CANDIDATE_DEPLOYMENT
-from serve_app.rollout.policy import Policy, StepFigures, Verdict, auroc_gate, figures, judge
+from serve_app.rollout.policy import (
+    Policy,
+    StepFigures,
+    Verdict,
+    auroc_gate,
+    compare_service,
+    figures,
+    judge,
+)
 from serve_app.rollout.serve_config import (
     deploy_config,
     rollout_of,
+    stable_model_uri,
     with_candidate,
     with_rollout,
     with_stable_model,
@@ -32,6 +44,17 @@ from serve_app.rollout.serve_config import (
 )
 
 PROMOTED, ROLLED_BACK, REFUSED = 0, 1, 2
+# Serve's own word for a replica Ray cannot place (ray/serve/_private/deployment_state.py), set
+# on the deployment's status message after RAY_SERVE_SLOW_STARTUP_WARNING_S (30 s).
+PENDING_ALLOCATION = re.compile(
+    r"taken more than \d+s to be scheduled.*?Resources required for each replica: "
+    r"(?P<required>.+?), total resources available: (?P<available>.+?)\. Use",
+    re.DOTALL,
+)
+
+
+class Unplaceable(Exception):
+    """Ray cannot place the candidate's replica and no node is being added for it."""
 
 
 @dataclass(frozen=True)
@@ -60,10 +83,17 @@ def parse_steps(text: str, shadow_percent: float) -> list[Step]:
 class Rollout:
     """One rollout against one application; every Serve change goes through ``_deploy``."""
 
-    def __init__(self, args: argparse.Namespace, serve_api: Any, app_http: httpx.Client):
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        serve_api: Any,
+        app_http: httpx.Client,
+        dashboard_http: httpx.Client | None = None,
+    ):
         self.args = args
         self.serve_api = serve_api  # ray's ServeSubmissionClient (or a stand-in)
         self.http = app_http
+        self.http_dashboard = dashboard_http or httpx.Client(base_url=args.dashboard)
         self.policy = Policy(
             min_requests=args.min_requests,
             min_agreement=args.min_agreement,
@@ -93,12 +123,55 @@ class Rollout:
         response.raise_for_status()
         return response.json()
 
+    def candidate(self) -> dict[str, Any]:
+        """The candidate deployment's entry in Serve's REST details ({} if none)."""
+        app = self.serve_api.get_serve_details()["applications"].get(self.args.app) or {}
+        return (app.get("deployments") or {}).get(CANDIDATE_DEPLOYMENT) or {}
+
     def candidate_replicas(self) -> tuple[str, int]:
         """(the candidate deployment's status, its RUNNING replicas)."""
-        app = self.serve_api.get_serve_details()["applications"].get(self.args.app) or {}
-        deployment = (app.get("deployments") or {}).get(CANDIDATE_DEPLOYMENT) or {}
+        deployment = self.candidate()
         running = [r for r in deployment.get("replicas", []) if r.get("state") == "RUNNING"]
         return deployment.get("status", "MISSING"), len(running)
+
+    def placement_problem(self) -> str | None:
+        """Why Ray cannot place the candidate, from Ray's own state: Serve's message about a
+        replica pending allocation, unless the autoscaler is adding nodes (then it may fit)."""
+        found = PENDING_ALLOCATION.search(self.candidate().get("message") or "")
+        if found is None or self.nodes_pending():
+            return None
+        return (
+            f"{CANDIDATE_DEPLOYMENT} needs {found['required']} per replica; the cluster has "
+            f"{found['available']} available and is adding no node (`ray status` says more)"
+        )
+
+    def nodes_pending(self) -> bool:
+        """Whether Ray's autoscaler is launching nodes (GET /api/cluster_status)."""
+        try:
+            status = self.http_dashboard.get("/api/cluster_status", timeout=10).json()
+            text = str((status.get("data") or {}).get("autoscalingStatus") or "")
+        except (httpx.HTTPError, ValueError):
+            return False
+        pending = (
+            text.split("Pending:", 1)[1].split("Recent failures:", 1)[0]
+            if "Pending:" in text
+            else ""
+        )
+        return bool(pending.strip()) and "no pending nodes" not in pending
+
+    def wait_for_candidate(self) -> bool:
+        """Until a candidate replica runs (True), or the ready timeout (False); raises
+        Unplaceable as soon as Ray says it cannot place one."""
+
+        def placed() -> bool:
+            if self.candidate_replicas()[1] > 0:
+                return True
+            problem = self.placement_problem()
+            if problem:
+                raise Unplaceable(problem)
+            return False
+
+        return self._wait(placed, self.args.ready_timeout)
 
     def say(self, text: str) -> None:
         print(f"[{time.monotonic() - self.started:6.1f} s] {text}", flush=True)
@@ -134,7 +207,7 @@ class Rollout:
         self.say(f"step {step.name}: {step.percent:g}% of requests {share}")
         if self.candidate_replicas()[1] == 0:  # first step: a replica, before any traffic
             self._deploy(with_candidate(self.config(), self.args.app, self.args.to))
-            self._wait(lambda: self.candidate_replicas()[1] > 0, self.args.ready_timeout)
+            self.wait_for_candidate()
         sticky = self.args.sticky_header or None
         self._deploy(
             with_rollout(self.config(), self.args.app, step.mode, step.percent, label, sticky)
@@ -164,6 +237,13 @@ class Rollout:
             if verdict.outcome != "wait":
                 self.say(f"  candidate {version}: {cand.line()}")
                 self.say(f"  stable: {stable.line()}")
+                service = compare_service(cand, stable, self.policy.min_service_images)
+                self.say(
+                    f"  candidate {service.line()}"
+                    if service
+                    else "  pass time: not compared (no batch size with "
+                    f"{self.policy.min_service_images} images on both versions)"
+                )
                 self.say(
                     f"  {verdict.outcome}"
                     + (": " + "; ".join(verdict.reasons) if verdict.reasons else "")
@@ -220,6 +300,21 @@ class Rollout:
         return False
 
 
+def resolve_target(to: str, config: dict[str, Any], app: str) -> str:
+    """``--to`` -> the explicit version directory the rollout walks to, resolved once here (the
+    candidate and the promote get that version, whatever the pointer says later). ``latest``:
+    the ``latest`` pointer of the store the stable version is served from; a pointer path
+    (``<store>/<name>/latest``): the version it names now. Raises ArtifactError."""
+    from model_store import resolve_model_uri
+    from model_store.store import LATEST_FILE
+
+    if to == "latest":
+        stable = (stable_model_uri(config, app) or DEFAULT_MODEL_URI).rstrip("/")
+        version_dir = resolve_model_uri(stable)
+        to = posixpath.join(posixpath.dirname(version_dir), LATEST_FILE)
+    return resolve_model_uri(to)
+
+
 def gate(
     args: argparse.Namespace, serving: dict[str, Any]
 ) -> tuple[dict[str, Any] | None, str | None]:
@@ -245,7 +340,12 @@ def parser() -> argparse.ArgumentParser:
         description=__doc__.split("\n\n")[0],
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    p.add_argument("--to", help="candidate artifact: <store>/<name>/<version> as Serve reads it")
+    p.add_argument(
+        "--to",
+        help="candidate artifact: <store>/<name>/<version> as Serve reads it; a pointer "
+        "(<store>/<name>/latest) or `latest` (the pointer beside the serving version) is "
+        "resolved once, here",
+    )
     p.add_argument("--abort", action="store_true", help="roll back a rollout in progress and exit")
     p.add_argument("--dashboard", default="http://127.0.0.1:8265", help="Ray dashboard (REST API)")
     p.add_argument("--url", default="http://127.0.0.1:8000", help="the application's HTTP address")
@@ -256,8 +356,16 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--min-requests", type=int, default=200, help="answers and comparisons per step")
     p.add_argument("--min-agreement", type=float, default=0.90, help="share of label decisions")
     p.add_argument("--max-error-rate", type=float, default=0.01)
-    p.add_argument("--max-p99-ratio", type=float, default=1.5, help="vs the stable's p99")
-    p.add_argument("--p99-slack-ms", type=float, default=10.0, help="added to the p99 limit")
+    p.add_argument(
+        "--max-p99-ratio",
+        type=float,
+        default=1.5,
+        help="fail when the candidate replicas' p99 time per forward pass is over this x the "
+        "stable's at equal batch sizes (and over it by --p99-slack-ms)",
+    )
+    p.add_argument(
+        "--p99-slack-ms", type=float, default=10.0, help="absolute room in the latency rule"
+    )
     p.add_argument("--max-auroc-drop", type=float, default=0.01, help="gate: val AUROC margin")
     p.add_argument("--no-gate", action="store_true", help="skip the validation AUROC gate")
     p.add_argument("--trusted-public-key", default=None, help="require the artifact's signature")
@@ -279,11 +387,18 @@ def main(argv: list[str] | None = None) -> int:
     if not args.abort and not args.to:
         parser().error("--to is required (or --abort)")
     parse_steps(args.steps, args.shadow_percent)  # a bad --steps fails before anything changes
+    from ray._private.authentication.http_token_authentication import (
+        get_auth_headers_if_auth_enabled,
+    )
     from ray.dashboard.modules.serve.sdk import ServeSubmissionClient
 
     serve_api = ServeSubmissionClient(args.dashboard)
-    with httpx.Client(base_url=args.url, timeout=10) as app_http:
-        rollout = Rollout(args, serve_api, app_http)
+    dashboard_headers = get_auth_headers_if_auth_enabled({})  # Ray's token, as the SDK sends it
+    with (
+        httpx.Client(base_url=args.url, timeout=10) as app_http,
+        httpx.Client(base_url=args.dashboard, headers=dashboard_headers) as dashboard_http,
+    ):
+        rollout = Rollout(args, serve_api, app_http, dashboard_http)
         if args.abort:
             rollout.roll_back("--abort")
             return ROLLED_BACK
@@ -292,6 +407,17 @@ def main(argv: list[str] | None = None) -> int:
             print(f"refused: a rollout is in progress ({in_progress.get('step')}); "
                   "finish it or run with --abort", file=sys.stderr)  # fmt: skip
             return REFUSED
+        from model_store import ArtifactError
+
+        try:
+            resolved = resolve_target(args.to, rollout.config(), args.app)
+        except ArtifactError as e:
+            print(f"refused: cannot resolve --to {args.to}: {e}", file=sys.stderr)
+            return REFUSED
+        if resolved != args.to:
+            rollout.say(f"--to {args.to}: {resolved}")
+            args.to = resolved
+            rollout.report["to"] = resolved
         serving = rollout.serving()
         meta, refusal = gate(args, serving)
         if refusal:
@@ -306,6 +432,10 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             rollout.roll_back("interrupted")
             outcome = ROLLED_BACK
+        except Unplaceable as e:  # nothing was judged: the rollout could not start
+            rollout.roll_back(f"cannot place the candidate: {e}")
+            print(f"refused: cannot place the candidate: {e}", file=sys.stderr)
+            outcome = REFUSED
         except Exception as e:  # Serve or the app stopped answering mid-step: stable it is
             rollout.roll_back(f"{type(e).__name__}: {e}")
             outcome = ROLLED_BACK

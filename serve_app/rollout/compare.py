@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from serve_app.protocol import Prediction
+from serve_app.common.protocol import Prediction
 
 
 @dataclass(frozen=True)

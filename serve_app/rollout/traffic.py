@@ -17,9 +17,9 @@ from typing import Any
 
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.errors import ApiError
-from serve_app.metrics import VersionMetrics
-from serve_app.protocol import Prediction
+from serve_app.common.errors import ApiError
+from serve_app.common.metrics import VersionMetrics
+from serve_app.common.protocol import Prediction, ServiceTime
 from serve_app.rollout.compare import Comparison, compare
 from serve_app.rollout.config import Role, RolloutConfig
 from serve_app.rollout.monitor import PUSH_INTERVAL_S
@@ -89,15 +89,18 @@ class RolloutTraffic:
         except Exception:
             self._record(role, None, time.perf_counter() - start)
             raise
-        self._record(role, answer.version, time.perf_counter() - start)
+        self._record(role, answer.version, time.perf_counter() - start, answer.service)
         return answer
 
-    def _record(self, role: Role, version: str | None, seconds: float) -> None:
+    def _record(
+        self, role: Role, version: str | None, seconds: float, service: ServiceTime | None = None
+    ) -> None:
         """version None: the call failed (the role's last known version is charged)."""
         if version is not None:
             self._versions[role] = version
         charged = version or self._versions.get(role, "unknown")
-        self._tally.of(self.config.step, role, charged).observe(seconds, error=version is None)
+        tally = self._tally.of(self.config.step, role, charged)
+        tally.observe(seconds, error=version is None, service=service)
         if self._metrics is not None:
             self._metrics.observe(role, charged, seconds, error=version is None)
 

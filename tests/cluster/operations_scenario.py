@@ -82,7 +82,7 @@ from local_cluster.cluster import (  # noqa: E402
 )
 from tests import images  # noqa: E402
 from tests.artifacts import write_tiny_artifact  # noqa: E402
-from tests.cluster.load import ClosedLoopLoad, summarise  # noqa: E402
+from tests.load import ClosedLoopLoad, summarise  # noqa: E402
 
 APP = "face-attributes"
 MODEL, INGRESS = "FaceAttributeModel", "Ingress"
@@ -376,7 +376,7 @@ def phase_scale(cluster: LocalCluster, client: ServeSubmissionClient, url: str) 
     }
     image = images.solid(size=(800, 800))  # decode_on: model: decoding keeps the replica busy
     with Timeline(checks) as timeline:
-        with ClosedLoopLoad(f"{url}/classify", image, clients=8, max_seconds=150) as load:
+        with ClosedLoopLoad(url, clients=8, images=image, max_seconds=150) as load:
             timeline.wait("first_request_on_new_replica", 150)
             time.sleep(2)
         load_stopped = now()
@@ -419,7 +419,7 @@ def phase_node_loss(
     victim = replica["node_id"]
     victim_type = node_types()[victim]
     before = alive_of_type(victim_type)
-    with ClosedLoopLoad(f"{url}/classify", images.solid(), clients=4, timeout_s=REQUEST_TIMEOUT_S,
+    with ClosedLoopLoad(url, clients=4, images=images.solid(), timeout_s=REQUEST_TIMEOUT_S,
                         max_seconds=240) as load:  # fmt: skip
         wait_for(lambda: len(load.answers) >= 20, 60, "answers before the kill")
         killed_at, pids = kill_node(cluster, victim)

@@ -8,30 +8,23 @@ import json
 
 import pytest
 
+from tests.figures import FIGURES
 from tests.harness import ROOT
 
-FIGURES: dict[str, dict] = {}
-
-
-@pytest.fixture
-def figures(request):
-    """figures["key"] = value, reported under the test's name."""
-    entry = FIGURES.setdefault(request.node.name, {})
-    return entry
+RELIABILITY_TESTS: set[str] = set()
 
 
 def pytest_collection_modifyitems(items):
     for item in items:
         if "tests/reliability/" in str(item.fspath).replace("\\", "/"):
             item.add_marker(pytest.mark.reliability)
+            RELIABILITY_TESTS.add(item.name)
 
 
 def pytest_terminal_summary(terminalreporter):
-    if not FIGURES:
+    mine = {t: v for t, v in FIGURES.items() if t in RELIABILITY_TESTS}
+    if not mine:
         return
-    terminalreporter.section("reliability figures")
-    for test, values in FIGURES.items():
-        terminalreporter.write_line(f"{test}: " + ", ".join(f"{k}={v}" for k, v in values.items()))
     out = ROOT / "test-output"
     out.mkdir(exist_ok=True)
-    (out / "reliability.json").write_text(json.dumps(FIGURES, indent=2))
+    (out / "reliability.json").write_text(json.dumps(mine, indent=2))

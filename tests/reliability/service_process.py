@@ -173,12 +173,19 @@ def make_serve_env() -> dict[str, str]:
     return dict(line.split("=", 1) for line in out.splitlines() if "=" in line)
 
 
-def write_config(tmp_path: Path, model_uri: str, http_port: int) -> Path:
-    """config.yaml as shipped, but on a free port and with a test model."""
+def write_config(
+    tmp_path: Path, model_uri: str, http_port: int, detector_uri: str | None = None
+) -> Path:
+    """config.yaml as shipped, but on a free port and with a test model (and detector: without
+    one, POST /faces answers 503 and the rest works)."""
     config = yaml.safe_load((ROOT / "config.yaml").read_text())
     config["http_options"]["port"] = http_port
     model = deployment(config["applications"][0], "FaceAttributeModel")
     model["user_config"]["model_uri"] = model_uri
+    if detector_uri:
+        deployment(config["applications"][0], "FaceDetector")["user_config"]["model_uri"] = (
+            detector_uri
+        )
     path = tmp_path / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -201,6 +208,10 @@ class ServeRun:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
+                # A terminal's foreground job gets Ctrl-C; a pytest started with `&` from a
+                # non-interactive shell passes SIGINT down ignored (the test would then see a
+                # `serve run` that never stops: a fresh clone's run in the background did).
+                preexec_fn=default_sigint,
             )
 
     @property
@@ -298,6 +309,10 @@ class ServeRun:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=30)
+
+
+def default_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
 
 
 def haproxy_config(proc: Proc) -> str:

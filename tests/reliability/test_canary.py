@@ -21,7 +21,8 @@ import pytest
 from tests import images
 from tests.artifacts import write_tiny_artifact
 from tests.harness import ROOT, wait_for
-from tests.reliability.helpers import LoadGenerator, percentile, replica_pids
+from tests.load import ClosedLoopLoad
+from tests.reliability.helpers import percentile, replica_pids
 from tests.test_metrics import metrics_url
 
 # Three colours: the tiny model's decisions differ between them, so agreement means something.
@@ -96,7 +97,7 @@ def step_figures(report: dict) -> dict:
 def test_rollout_walks_shadow_5_25_100_and_promotes_under_load(served, store, tmp_path, figures):
     """The candidate ("same": v1's model at 48x48, so another preprocessing spec too) passes
     every step; clients see v1, then both, then the candidate's version only; none fails."""
-    with LoadGenerator(served.url, clients=4, max_seconds=300, images=LOAD_IMAGES) as load:
+    with ClosedLoopLoad(served.url, clients=4, max_seconds=300, images=LOAD_IMAGES) as load:
         wait_for(lambda: load.count() > 20, 30, "traffic before the rollout")
         started = time.monotonic()
         code, output, report = run_rollout(served, store / "face-attributes" / "same", tmp_path)
@@ -114,7 +115,7 @@ def test_rollout_walks_shadow_5_25_100_and_promotes_under_load(served, store, tm
     assert versions[0] == "v1" and versions[-1] == "same" and {"v1", "same"} == set(versions)
     shadow = report["steps"][0]["candidate"]
     assert shadow["agreement"] >= 0.9 and shadow["compared"] >= 30
-    # The same figures reach Prometheus through Ray's metrics agent (serve_app/metrics.py).
+    # The same figures reach Prometheus through Ray's metrics agent (serve_app/common/metrics.py).
     metrics = wait_for(rollout_metrics, 60, "the rollout's metrics on Ray's endpoint", 2)
     for pattern in (
         r'ray_face_version_requests_total\{[^}]*outcome="ok"[^}]*role="candidate"[^}]*version="same"',
@@ -135,7 +136,7 @@ def test_a_disagreeing_candidate_is_rolled_back_in_shadow(served, store, tmp_pat
     """Every decision of "opposite" differs from v1's: the shadow step fails on agreement and
     the command rolls back by itself; clients only ever saw v1 (shadow answers are never
     returned)."""
-    with LoadGenerator(served.url, clients=4, max_seconds=200, images=LOAD_IMAGES) as load:
+    with ClosedLoopLoad(served.url, clients=4, max_seconds=200, images=LOAD_IMAGES) as load:
         wait_for(lambda: load.count() > 20, 30, "traffic before the rollout")
         code, output, report = run_rollout(served, store / "face-attributes" / "opposite", tmp_path)
     assert code == 1, output
@@ -164,7 +165,7 @@ def test_candidate_replica_killed_mid_canary_stops_the_rollout(served, store, tm
         served, store / "face-attributes" / "same", "--steps", "shadow,50,100",
         "--min-requests", "400", report=tmp_path / "report.json",
     )  # fmt: skip
-    with LoadGenerator(served.url, clients=4, max_seconds=300, images=LOAD_IMAGES) as load:
+    with ClosedLoopLoad(served.url, clients=4, max_seconds=300, images=LOAD_IMAGES) as load:
         wait_for(lambda: load.count() > 20, 30, "traffic before the rollout")
         proc = subprocess.Popen(
             command,

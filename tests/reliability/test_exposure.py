@@ -107,10 +107,10 @@ def test_guard_answers_503_where_rays_haproxy_template_held_or_dropped_requests(
     without answering is replayed (whole in the buffer: http-buffer-request), with enough
     retries to outlast the error limit that marks a dead replica down; `haproxy -c` accepts
     it, and a second pass changes nothing. The page is the API's 503: declared code,
-    Retry-After as serve_app/errors.py."""
+    Retry-After as serve_app/common/errors.py."""
     from serve_app import haproxy_guard
-    from serve_app.api import ERROR_CODES
-    from serve_app.errors import RETRY_AFTER_S
+    from serve_app.api.schema import ERROR_CODES
+    from serve_app.common.errors import RETRY_AFTER_S
     from tests.reliability.haproxy_rig import render_rays_config
 
     directory = Path(tempfile.mkdtemp(prefix="hap-", dir="/tmp"))  # unix paths are bounded

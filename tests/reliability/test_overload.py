@@ -7,7 +7,8 @@ import time
 
 from tests import images
 from tests.harness import deployment
-from tests.reliability.helpers import LoadGenerator, percentile, replica_pids, rss_mb
+from tests.load import ClosedLoopLoad
+from tests.reliability.helpers import percentile, replica_pids, rss_mb
 
 
 def test_overload_sheds_fast_and_accepted_requests_succeed(served, figures):
@@ -22,7 +23,7 @@ def test_overload_sheds_fast_and_accepted_requests_succeed(served, figures):
         pids = replica_pids(served)
         rss_before = {name: round(sum(rss_mb(p) for p in ps)) for name, ps in pids.items()}
         photo = images.solid(size=(1280, 960))
-        with LoadGenerator(served.url, clients=48, image=photo, max_seconds=60) as load:
+        with ClosedLoopLoad(served.url, clients=48, images=photo, max_seconds=60) as load:
             time.sleep(15)
         result = load.result
         rss_after = {name: round(sum(rss_mb(p) for p in ps)) for name, ps in pids.items()}

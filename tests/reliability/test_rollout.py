@@ -11,11 +11,12 @@ import pytest
 from model_store.integrity import artifact_digest
 from tests import images
 from tests.harness import wait_for
-from tests.reliability.helpers import LoadGenerator, percentile
+from tests.load import ClosedLoopLoad
+from tests.reliability.helpers import percentile
 
 
 def test_rollout_through_config_under_load(served, figures):
-    with LoadGenerator(served.url, clients=6, max_seconds=120) as load:
+    with ClosedLoopLoad(served.url, clients=6, max_seconds=120) as load:
         wait_for(lambda: load.count() > 20, 30, "traffic before the rollout")
         served.deploy(served.base_config(model_version="v2"))
         wait_for(

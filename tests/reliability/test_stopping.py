@@ -30,6 +30,7 @@ from tests.reliability.service_process import (
     read_proc,
     write_config,
 )
+from tests.required import skip_unless_ci
 
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
 
@@ -79,7 +80,9 @@ def serve_shutdown(run: ServeRun) -> None:
 def ray_stop(run: ServeRun) -> None:
     others = other_ray_instances(run)
     if others:
-        pytest.skip(f"`ray stop` would also stop the other Ray instances here (GCS pids {others})")
+        skip_unless_ci(
+            f"`ray stop` would also stop the other Ray instances here (GCS pids {others})"
+        )
     subprocess.run(
         [str(RAY_BIN), "stop"], env={**os.environ, "RAY_AUTH_MODE": "token"}, timeout=120
     )
@@ -91,7 +94,9 @@ def sigterm_group_then_force_stop(run: ServeRun) -> None:
     name; haproxy is not one of them)."""
     others = other_ray_instances(run)
     if others:
-        pytest.skip(f"`ray stop` would also stop the other Ray instances here (GCS pids {others})")
+        skip_unless_ci(
+            f"`ray stop` would also stop the other Ray instances here (GCS pids {others})"
+        )
     os.killpg(run.proc.pid, signal.SIGTERM)
     time.sleep(2)
     subprocess.run(

@@ -21,9 +21,9 @@ import torchvision
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as tvf
 
-from serve_app.decode import decode_image, inspect_image
-from serve_app.errors import ApiError
-from serve_app.protocol import ImageRejected, PreprocessSpec
+from serve_app.common.decode import decode_image, inspect_image
+from serve_app.common.errors import ApiError
+from serve_app.common.protocol import ImageRejected, PreprocessSpec
 
 JPEG_MAGIC = b"\xff\xd8\xff"
 

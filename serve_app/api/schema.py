@@ -1,5 +1,5 @@
 """The HTTP API's one typed source: every route with its query, body, response model and error
-codes. The ingress dispatches from ``ENDPOINTS`` and serve_app/openapi.py generates the OpenAPI
+codes. The ingress dispatches from ``ENDPOINTS`` and serve_app/api/openapi.py generates the OpenAPI
 document from the same declarations and the pydantic models' JSON schemas, so the two cannot
 drift apart (tests/test_openapi.py validates real responses of every route against it).
 
@@ -15,9 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
-from serve_app.errors import ApiError
 from serve_app.rollout.config import RolloutConfig
 
 # ---- error codes, by status: the document lists each; tests check every one is reachable ------
@@ -95,6 +94,41 @@ class BatchResult(BaseModel):
     )
 
 
+class Landmarks(BaseModel):
+    """(x, y) in the photo's pixels, left and right as seen in the photo."""
+
+    left_eye: list[float]
+    right_eye: list[float]
+    nose: list[float]
+    mouth_left: list[float]
+    mouth_right: list[float]
+
+
+class Face(ClassifyResult):
+    """One face: where it is, and its attributes (as /classify answers for an aligned crop)."""
+
+    box: list[float] = Field(
+        description="[x0, y0, x1, y1] in the photo's pixels (as its EXIF orientation shows it)"
+    )
+    landmarks: Landmarks
+    score: float = Field(ge=0, le=1, description="the detector's confidence that it is a face")
+
+
+class ImageSize(BaseModel):
+    width: int
+    height: int
+
+
+class FacesResult(BaseModel):
+    faces: list[Face] = Field(description="most confident first; empty when no face was found")
+    faces_found: int = Field(description="faces found at or above min_face_px, before max_faces")
+    min_face_px: int = Field(
+        description="the smallest face this photo could be searched for, in its pixels"
+    )
+    image: ImageSize
+    detector: ModelRef
+
+
 class Explanation(BaseModel):
     attribute: str
     probability: float
@@ -119,6 +153,20 @@ class Ready(BaseModel):
     model: ModelRef
 
 
+class PinState(BaseModel):
+    """The version this deploy pinned (model_uri resolved once at deploy, never per replica)."""
+
+    version: str = Field(description="the pinned version, served by every replica")
+    pinned_at: str = Field(description="when the deploy resolved model_uri (ISO 8601, UTC)")
+    generation: int = Field(description="> 0: follow_latest moved the pin that many times")
+    follow_latest: bool = Field(description="user_config.follow_latest: switch with `latest`")
+    reload: int = Field(description="user_config.reload: change it to make replicas look again")
+    latest: str | None = Field(description="the version the store's `latest` names now")
+    newer_available: bool = Field(description="`latest` names another version than the pin")
+    hint: str | None = Field(description="how to roll the newer version out, when there is one")
+    serves_pinned: bool = Field(description="the answering replica serves the pinned version")
+
+
 class Serving(BaseModel):
     """How this deployment serves the model (fields may be added)."""
 
@@ -133,6 +181,16 @@ class Serving(BaseModel):
     batch_wait_timeout_s: float
     batch_sizes: dict[str, int]
     replica_id: str
+    pin: PinState | None
+
+
+class ServiceFigures(BaseModel):
+    """The model replicas' own time per forward pass, for passes of one batch-size bucket."""
+
+    batch: str = Field(description="batch sizes of the bucket, e.g. 5-8")
+    images: int = Field(description="images that rode in such passes (warm-up passes excluded)")
+    p50_ms: float | None
+    p99_ms: float | None
 
 
 class VersionFigures(BaseModel):
@@ -152,6 +210,10 @@ class VersionFigures(BaseModel):
     )
     mean_abs_dp: float | None = Field(description="candidate: mean |p_candidate - p_stable|")
     copies_skipped: int
+    service: list[ServiceFigures] = Field(
+        description="the version's replicas' time per forward pass by batch size (what the "
+        "rollout's latency rule compares)"
+    )
 
 
 class RolloutState(BaseModel):
@@ -162,6 +224,19 @@ class RolloutState(BaseModel):
         description="per step (most recent 16), role and version; empty when no rollout ran "
         "or the monitor is not answering"
     )
+
+
+class DetectorState(BaseModel):
+    """The face detector of POST /faces: which one answers, and why none does."""
+
+    name: str | None
+    version: str | None
+    method: str | None
+    landmarks: list[str]
+    source: str | None = Field(description="where its weights come from, and their licence")
+    device: str
+    last_error: str | None = Field(description="why the last artifact was refused, if it was")
+    pin: PinState | None
 
 
 class Metadata(BaseModel):
@@ -184,6 +259,9 @@ class Metadata(BaseModel):
     training: dict[str, Any]
     serving: Serving
     rollout: RolloutState
+    detector: DetectorState | None = Field(
+        description="the face detector (null when none is deployed or it is not answering)"
+    )
 
 
 # ---- query parameters -------------------------------------------------------------------------
@@ -221,6 +299,26 @@ class ClassifyQuery(BaseModel):
         return tuple(dict.fromkeys(a.strip() for a in self.attributes.split(",") if a.strip()))
 
 
+class FacesQuery(ClassifyQuery):
+    """Query of /faces: the /classify parameters, applied to each face, and the detection's."""
+
+    max_faces: int | None = Field(
+        default=None,
+        ge=1,
+        le=100,
+        description="answer at most this many faces, the most confident first (default and "
+        "ceiling: the service's max_faces); faces_found says how many were found",
+    )
+    min_face_px: int = Field(
+        default=20,
+        ge=12,
+        le=4096,
+        description="ignore faces smaller than this (the shorter side of their box, in the "
+        "photo's pixels); a photo larger than the detector's side is detected on a copy, so "
+        "the answer's min_face_px may be larger",
+    )
+
+
 class ExplainParams(BaseModel):
     """Query of /explain (parsed by serve_app.explain.ExplainQuery; declared here for the
     document, tests/test_openapi.py checks both name the same parameters)."""
@@ -242,17 +340,6 @@ class ExplainParams(BaseModel):
 
 
 DEFAULT_QUERY = ClassifyQuery()
-
-
-def parse_query(model: type[BaseModel], params: Any) -> Any:
-    """Starlette QueryParams -> ``model``, or ApiError 422 invalid_query naming the parameter."""
-    try:
-        return model.model_validate(dict(params.items()))
-    except ValidationError as e:
-        problems = "; ".join(
-            f"{'.'.join(map(str, err['loc'][:1])) or 'query'}: {err['msg']}" for err in e.errors()
-        )
-        raise ApiError(422, "invalid_query", problems) from e
 
 
 # ---- the routes -------------------------------------------------------------------------------
@@ -296,6 +383,19 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         IMAGE_ERRORS,
         ClassifyQuery,
         "images",
+    ),
+    Endpoint(
+        "POST",
+        "/faces",
+        "_faces_endpoint",
+        "Find every face in a photo and classify each one",
+        FacesResult,
+        IMAGE_ERRORS,
+        FacesQuery,
+        "image",
+        description="Each face is found (its box, five landmarks and a score), aligned to the "
+        "crop the model was trained on, and answered as /classify answers. A photo larger "
+        "than the detector's side is searched on a downscaled copy. See docs/faces.md.",
     ),
     Endpoint(
         "POST",

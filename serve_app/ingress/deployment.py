@@ -1,6 +1,6 @@
 """The HTTP ingress deployment: decode -> predict (model deployment) -> encode.
 
-``__call__`` only routes (from serve_app/api.py's ENDPOINTS, the source of the OpenAPI document)
+``__call__`` only routes (from serve_app/api/schema.py's ENDPOINTS, the source of the OpenAPI document)
 and parses HTTP; ``classify`` and ``classify_many`` are the typed pipeline. Every failure leaves
 as {"error", "detail"} JSON with a 4xx/5xx status.
 """
@@ -8,49 +8,29 @@ as {"error", "detail"} JSON with a 4xx/5xx status.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
 import logging
-import re
+import math
 import time
 from collections.abc import Awaitable, Callable
-from importlib import resources
 from typing import Any, TypeVar
 
 import numpy as np
 import ray
+from PIL import Image
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 
-from serve_app.api import DEFAULT_QUERY, ENDPOINTS, ClassifyQuery, parse_query
-from serve_app.batching import QueueFull
-from serve_app.config import AppArgs
-from serve_app.decode import decode_image, inspect_image
-from serve_app.docs_page import DOCS_HEADERS, DOCS_PAGE, docs_asset
-from serve_app.errors import ApiError, model_unavailable, overloaded
-from serve_app.explain import (
-    ExplainQuery,
+from serve_app.api.openapi import openapi_spec
+from serve_app.api.schema import DEFAULT_QUERY, ENDPOINTS, ClassifyQuery, FacesQuery
+from serve_app.common.batching import QueueFull
+from serve_app.common.decode import decode_image, inspect_image
+from serve_app.common.errors import ApiError, model_unavailable, overloaded
+from serve_app.common.metrics import IngressMetrics, VersionMetrics
+from serve_app.common.protocol import (
+    DetectedFace,
     Explanations,
-    check_attributes,
-    choose_attributes,
-    encode_explanations,
-    overlay_png,
-    photo_for_overlay,
-    png_panels,
-)
-from serve_app.metrics import IngressMetrics, VersionMetrics
-from serve_app.model_client import (
-    MAX_CALL_BYTES,
-    DecodedImage,
-    ModelClient,
-    ModelDeployment,
-    call_model,
-)
-from serve_app.multipart import parse_multipart
-from serve_app.openapi import openapi_spec
-from serve_app.protocol import (
     ImageRejected,
     ImageResult,
     ModelNotReady,
@@ -58,6 +38,43 @@ from serve_app.protocol import (
     PreprocessSpec,
     SpecMismatch,
 )
+from serve_app.config import AppArgs
+from serve_app.ingress.encode import encode_prediction
+from serve_app.ingress.explain import (
+    ExplainQuery,
+    check_attributes,
+    choose_attributes,
+    encode_explanations,
+    overlay_png,
+    photo_for_overlay,
+    png_panels,
+)
+from serve_app.ingress.faces import (
+    MIN_DETECTABLE_PX,
+    align_all,
+    decode_photo,
+    describe_face,
+    face_side,
+    in_image_pixels,
+    smallest_findable,
+)
+from serve_app.ingress.model_client import (
+    MAX_CALL_BYTES,
+    DecodedImage,
+    ModelClient,
+    ModelDeployment,
+    call_model,
+)
+from serve_app.ingress.multipart import parse_multipart
+from serve_app.ingress.pages import (
+    API_HEADERS,
+    DOCS_HEADERS,
+    DOCS_PAGE,
+    PAGE,
+    PAGE_HEADERS,
+    docs_asset,
+)
+from serve_app.ingress.query import parse_query
 from serve_app.rollout.config import Role
 from serve_app.rollout.traffic import RolloutTraffic
 
@@ -66,100 +83,10 @@ logger = logging.getLogger("ray.serve")
 Handler = Callable[[Request], Awaitable[Response]]
 T = TypeVar("T")
 DESCRIBE_TIMEOUT_S = 5.0
-
-PAGE = resources.files("serve_app").joinpath("static/index.html").read_text()
-
-
-def inline_hashes(html: str, tag: str) -> str:
-    """CSP source list allowing exactly the page's own inline <script> or <style> blocks."""
-    blocks = re.findall(rf"<{tag}>(.*?)</{tag}>", html, flags=re.DOTALL)
-    digests = (base64.b64encode(hashlib.sha256(b.encode()).digest()).decode() for b in blocks)
-    return " ".join(f"'sha256-{d}'" for d in digests) or "'none'"
-
-
-# The page runs its own inline script and style and nothing else: an artifact's name or an
-# answer that reaches the page as markup cannot run (and the page writes text nodes anyway).
-PAGE_HEADERS = {
-    "Content-Security-Policy": (
-        f"default-src 'none'; script-src {inline_hashes(PAGE, 'script')}; "
-        f"style-src {inline_hashes(PAGE, 'style')}; img-src 'self' data: blob:; "
-        "connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
-    ),
-    "X-Content-Type-Options": "nosniff",
-    "Referrer-Policy": "no-referrer",
-}
-API_HEADERS = {
-    "Content-Security-Policy": "default-src 'none'; frame-ancestors 'none'",
-    "X-Content-Type-Options": "nosniff",
-}
-
-
-def judged_thresholds(prediction: Prediction, query: ClassifyQuery) -> list[float]:
-    """(num_labels,) the threshold each label is judged by: the asked number, or the label's
-    own tuned one when the artifact has them, else the model's single threshold."""
-    if query.threshold != "tuned":
-        return [float(query.threshold)] * len(prediction.labels)
-    if prediction.thresholds is not None:
-        return prediction.thresholds.tolist()
-    return [prediction.threshold] * len(prediction.labels)
-
-
-def rounded(values: np.ndarray | list[float]) -> list[float]:
-    """(n,) -> (n,) Python floats ``round(v, 6)`` for each v, bit for bit.
-
-    float32 (what the model sends) goes through numpy: v * 1e6 is exact in float64 for a float32
-    v (24 + 14 bits), so rint (half-even, as round) then / 1e6 lands on the same double as
-    round's correctly rounded decimal (checked on 10M float32 values in [0, 1], every exact tie
-    included): 3.4 us for 40 values against 16 us for 40 round() calls, on every /classify."""
-    if isinstance(values, np.ndarray) and values.dtype == np.float32:
-        return np.round(values.astype(np.float64), 6).tolist()
-    return [round(float(v), 6) for v in values]
-
-
-def encode_prediction(
-    prediction: Prediction, query: ClassifyQuery = DEFAULT_QUERY
-) -> dict[str, Any]:
-    """Stage 3: the response body, the seed service's plus each label's ``threshold``.
-
-    ``query.names`` restricts labels and probabilities to those attributes (an unknown one is
-    a 422); ``top_k`` answers the k most probable whatever their threshold. Each value is
-    rounded once (bench/api_overhead.py: the typed path's encode costs no more than the
-    hand-written one's, which rounded the labels' probabilities twice)."""
-    labels = prediction.labels
-    probs = prediction.probabilities.tolist()
-    shown_probs = rounded(prediction.probabilities)
-    if query.threshold == "tuned" and prediction.thresholds is not None:
-        thresholds = prediction.thresholds.tolist()
-        shown_thresholds = rounded(prediction.thresholds)
-    else:
-        thresholds = judged_thresholds(prediction, query)
-        shown_thresholds = [round(thresholds[0], 6)] * len(thresholds) if thresholds else []
-    names = query.names
-    if names:
-        check_attributes(names, labels)  # the version that answered may differ
-        chosen = [labels.index(a) for a in names]
-    else:
-        chosen = range(len(probs))
-    if query.top_k is not None:
-        ranked = sorted(chosen, key=probs.__getitem__, reverse=True)[: query.top_k]
-    else:  # filtering first keeps the same order (sorted is stable) and sorts fewer
-        passed = [i for i in chosen if probs[i] >= thresholds[i]]
-        ranked = sorted(passed, key=probs.__getitem__, reverse=True)
-    return {
-        "labels": [
-            {
-                "label_id": i,
-                "label": labels[i],
-                "probability": shown_probs[i],
-                "threshold": shown_thresholds[i],
-            }
-            for i in ranked
-        ],
-        "probabilities": (
-            {labels[i]: shown_probs[i] for i in chosen} if names else dict(zip(labels, shown_probs))
-        ),
-        "model": {"name": prediction.name, "version": prediction.version},
-    }
+NO_DETECTOR_HINT = (
+    "/metadata detector.last_error says why; `python -m train_job.face_detector --model-store "
+    "<store>` writes one, then change the FaceDetector's user_config.reload and serve deploy"
+)
 
 
 @serve.deployment(name="Ingress")
@@ -170,14 +97,16 @@ class Ingress:
         args: dict[str, Any] | None = None,
         candidate: DeploymentHandle | None = None,
         monitor: DeploymentHandle | None = None,
+        detector: DeploymentHandle | None = None,
     ):
         """model: the stable version's deployment; candidate: the rollout's (serve_app/rollout),
         sent nothing while the rollout is off; monitor: holds the rollout's settings (read every
-        half second) and adds up its counts."""
+        half second) and adds up its counts; detector: finds the faces of POST /faces."""
         self._args = AppArgs.model_validate(args or {})
         self._model = model  # the stable version: /explain, /metadata, /readyz ask it
         self._stable = self._deployment(model)
         self._candidate = self._deployment(candidate) if candidate is not None else None
+        self._detector = detector
         self._traffic = RolloutTraffic(self._predict_on, monitor, VersionMetrics())
         self._reading_rollout = False
         self._metrics = IngressMetrics()
@@ -298,6 +227,63 @@ class Ingress:
             target.spec = mismatch.current
         raise model_unavailable("the model changed its preprocessing during this request; retry")
 
+    async def faces(self, image: bytes, query: FacesQuery) -> dict[str, Any]:
+        """decode -> detect (FaceDetector) -> align each face -> predict -> encode. Faces are
+        answered by the stable version, also during a rollout."""
+        if self._detector is None:
+            raise model_unavailable("no face detector is deployed with this application")
+        args = self._args
+        photo = await asyncio.to_thread(
+            decode_photo, image, args.max_image_pixels, args.faces_detect_side
+        )
+        findable = smallest_findable(query.min_face_px, photo.copy_scale, photo.to_file)
+        min_px_in_copy = max(
+            MIN_DETECTABLE_PX, math.floor(findable / photo.to_file * photo.copy_scale)
+        )
+        try:
+            found = await call_model(
+                self._detector.detect, photo.copy, min_px_in_copy, what="face detector"
+            )
+        except ApiError as e:
+            if e.code == "model_unavailable" and "is loaded" in e.detail:
+                e.detail += f" ({NO_DETECTOR_HINT})"
+            raise
+        faces = [in_image_pixels(f, photo.copy_scale) for f in found.faces]
+        faces = [f for f in faces if face_side(f) * photo.to_file >= findable]
+        shown = faces[: min(query.max_faces or args.max_faces, args.max_faces)]
+        predictions = await self._predict_aligned(photo.image, shown) if shown else []
+        return {
+            "faces": [
+                {
+                    **describe_face(f, photo.to_file, photo.width, photo.height),
+                    **encode_prediction(p, query),
+                }
+                for f, p in zip(shown, predictions)
+            ],
+            "faces_found": len(faces),
+            "min_face_px": findable,
+            "image": {"width": photo.width, "height": photo.height},
+            "detector": {"name": found.name, "version": found.version},
+        }
+
+    async def _predict_aligned(
+        self, image: Image.Image, faces: list[DetectedFace]
+    ) -> list[Prediction]:
+        """Each face aligned with the spec of the version the stable deployment serves now and
+        predicted; a version that prepares crops differently (SpecMismatch) gets them again."""
+        target = self._stable
+        for _ in range(3):
+            spec = target.spec or await self._fetch_spec(target)
+            crops = await asyncio.to_thread(align_all, image, faces, spec)
+            results = await asyncio.gather(
+                *(target.client.predict(DecodedImage(c, spec)) for c in crops)
+            )
+            mismatch = next((r for r in results if isinstance(r, SpecMismatch)), None)
+            if mismatch is None:
+                return results
+            target.spec = mismatch.current
+        raise model_unavailable("the model changed its preprocessing during this request; retry")
+
     async def explain(self, image: bytes, grid: int) -> Explanations:
         """decode -> explain on the model deployment, through this ingress's bound of
         explain_max_in_flight and the model replica's own explain queue (both: a fast 503)."""
@@ -378,6 +364,17 @@ class Ingress:
         query = await self._classify_query(request)
         images = await self._read_images(request, max_images=1)
         return JSONResponse(await self.classify(images[0], query, self._client_key(request)))
+
+    async def _faces_endpoint(self, request: Request) -> Response:
+        query = parse_query(FacesQuery, request.query_params)
+        if query.max_faces is not None and query.max_faces > self._args.max_faces:
+            raise ApiError(
+                422, "invalid_query", f"max_faces: at most {self._args.max_faces} on this service"
+            )
+        if query.names:
+            await self._check_attributes(query.names)
+        image = (await self._read_images(request, max_images=1))[0]
+        return JSONResponse(await self.faces(image, query))
 
     async def _classify_batch_endpoint(self, request: Request) -> Response:
         query = await self._classify_query(request)
@@ -464,7 +461,19 @@ class Ingress:
         meta["serving"]["decode_on"] = self._args.decode_on
         meta["serving"]["args_id"] = self._args.fingerprint()
         meta["rollout"] = await self._rollout_state()
+        meta["detector"] = await self._detector_state()
         return JSONResponse(meta)
+
+    async def _detector_state(self) -> dict[str, Any] | None:
+        """The face detector's version and pin, None when none is deployed or it is not
+        answering (its own last_error says why it has no detector loaded)."""
+        if self._detector is None:
+            return None
+        try:
+            return await asyncio.wait_for(self._detector.describe.remote(), DESCRIBE_TIMEOUT_S)
+        except Exception as e:  # a replica restarting: the rest of /metadata still answers
+            logger.warning("face detector did not describe itself: %s", e)
+            return None
 
     async def _rollout(self, request: Request) -> Response:
         return JSONResponse(await self._rollout_state())

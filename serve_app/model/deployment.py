@@ -3,7 +3,7 @@
 Autoscaled separately from the ingress; on a GPU when the replica has one. Calls arrive either
 as decoded pixels with the ``PreprocessSpec`` they were prepared for (decode_on: ingress) or as
 the uploaded files (decode_on: model); both merge into the same forward passes. Everything that
-touches the device runs on the inference thread (serve_app/inference.py).
+touches the device runs on the inference thread (serve_app/model/inference.py).
 """
 
 from __future__ import annotations
@@ -19,40 +19,40 @@ import numpy as np
 import torch
 from ray import serve
 
-from model_store import ArtifactError, resolve_model_uri
-from serve_app.batching import BatchWhenFree
-from serve_app.config import ModelConfig
-from serve_app.explain import (
+from model_store import ArtifactError
+from serve_app.common.batching import BatchWhenFree
+from serve_app.common.device import InferenceThread, choose_device, replica_cpu_share
+from serve_app.common.metrics import ModelMetrics
+from serve_app.common.pinning import RETRY_HINT, PinnedArtifact
+from serve_app.common.protocol import (
     ExplainCall,
     Explanations,
+    ImageRejected,
+    ModelNotReady,
+    Predictions,
+    PreprocessSpec,
+    ServiceTime,
+    SpecMismatch,
+)
+from serve_app.config import ModelConfig
+from serve_app.model.decode_batch import decode_batch
+from serve_app.model.explain import (
     forward_normalised,
     keep_masks,
     normalise,
     occluded_probabilities,
     occlusion_maps,
 )
-from serve_app.inference import (
+from serve_app.model.inference import (
     ForwardStats,
-    InferenceThread,
     LoadedModel,
     Precision,
-    choose_device,
     forward_in_chunks,
     load_model,
-    replica_cpu_share,
     to_device,
     warm_up_model,
 )
-from serve_app.metrics import ModelMetrics
-from serve_app.model_decode import decode_batch
-from serve_app.protocol import (
-    ImageRejected,
-    ModelNotReady,
-    Predictions,
-    PreprocessSpec,
-    SpecMismatch,
-)
-from serve_app.threads import AUTO_HEAVY_FORWARD_MS, choose_threads
+from serve_app.model.threads import AUTO_HEAVY_FORWARD_MS, choose_threads
 
 logger = logging.getLogger("ray.serve")
 
@@ -66,6 +66,9 @@ PUBLIC_TRAINING_FIELDS = (
     "epochs_trained", "max_epochs", "samples", "num_workers", "use_gpu", "pretrained",
     "precision", "batch_size_per_worker", "lr", "duration_s", "versions", "data_sha256",
 )  # fmt: skip
+
+
+WARM_UP_PASSES = 2  # passes of a batch size a replica runs before its times count (ServiceTime)
 
 
 @dataclass(frozen=True)
@@ -109,20 +112,29 @@ class FaceAttributeModel:
         precision: Precision = "float32",
         torch_threads: int | Literal["auto"] | None = None,
         max_image_pixels: int = 40_000_000,
+        deploy_id: str | None = None,
     ):
+        """deploy_id: drawn by build_app at each build of the application; the replicas of one
+        deploy share their pinned model version through it (serve_app/common/pin.py)."""
         self._device = choose_device(device)
         self._precision: Precision = precision
         self._max_image_pixels = max_image_pixels
-        # "auto": chosen per loaded model (serve_app/threads.py); None: the replica's num_cpus.
+        # "auto": chosen per loaded model (serve_app/model/threads.py); None: the replica's num_cpus.
         self._auto_threads = torch_threads == "auto" and self._device.type == "cpu"
         fixed = torch_threads if isinstance(torch_threads, int) else None
         self._threads = fixed or replica_cpu_share()
         self._inference = InferenceThread(self._device, self._threads)
         self._model: LoadedModel | None = None
         self._config: ModelConfig | None = None
+        self._pinned: PinnedArtifact[LoadedModel] = PinnedArtifact(
+            deploy_id,
+            self._load,
+            self._swap_in,
+            self._refused,
+            lambda flag: self._metrics.version_mismatch.set(int(flag)),
+        )
         self._last_error: str | None = None
         self._metrics = ModelMetrics()
-        self._swap_lock = asyncio.Lock()
         defaults = ModelConfig()
         # Calls (each a batch the ingress gathered) merge into forward passes of up to
         # max_batch_size images.
@@ -145,6 +157,8 @@ class FaceAttributeModel:
         self._explain_chunk = defaults.explain_chunk_size
         # {batch size: batches} since the last reconfigure, shown in /metadata (observability).
         self._batch_sizes: Counter[int] = Counter()
+        # {batch size: passes} since the replica started: which passes are warm (ServiceTime).
+        self._passes_of_size: Counter[int] = Counter()
         logger.info(
             "FaceAttributeModel on %s in %s with %d torch threads",
             self._device,
@@ -153,9 +167,9 @@ class FaceAttributeModel:
         )
 
     async def reconfigure(self, user_config: dict[str, Any]) -> None:
-        """Apply batch settings at once; load a new model_uri off the event loop and swap it in
-        atomically. A refused artifact keeps the current model serving (and is reported);
-        only a replica with no model at all fails."""
+        """Apply batch settings at once; load the pinned version of model_uri off the event loop
+        and swap it in atomically (serve_app/common/pinning.py). A refused artifact keeps the
+        current model serving (and is reported); only a replica with no model at all fails."""
         config = ModelConfig.model_validate(user_config)
         self._batcher.configure(config.max_batch_size, config.batch_wait_timeout_s)
         self._explainer.configure(config.explain_batch_images, 0.0)
@@ -166,37 +180,33 @@ class FaceAttributeModel:
         )
         self._config = config
         self._batch_sizes.clear()
-        async with self._swap_lock:
-            await self._load_if_changed(config, force=key_changed)
+        await self._pinned.configure(config, force=key_changed)
 
-    async def _load_if_changed(self, config: ModelConfig, force: bool = False) -> None:
-        model_uri = config.model_uri
-        try:
-            version_uri = await asyncio.to_thread(resolve_model_uri, model_uri)
-            if self._model is not None and version_uri == self._model.uri and not force:
-                return
-            loaded = await asyncio.to_thread(
-                load_model,
-                version_uri,
-                self._device,
-                self._precision,
-                config.trusted_public_key,
-                False,
-            )
-            # Warm up (and check the output shape) on the inference thread, so its own OpenMP
-            # team is ready before traffic meets it.
-            await self._inference.run(warm_up_model, loaded)
-            if self._auto_threads:
-                await self._choose_threads(loaded)
-        except ArtifactError as e:
-            self._metrics.load_failures.inc()
-            self._last_error = redact_store(f"{model_uri}: {e}", model_uri)
-            if self._model is None:
-                raise
-            logger.error(
-                "Refused artifact %s; still serving %s. %s", model_uri, self._model.version, e
-            )
-            return
+    async def _load(self, version_uri: str) -> LoadedModel:
+        loaded = await asyncio.to_thread(
+            load_model,
+            version_uri,
+            self._device,
+            self._precision,
+            self._config.trusted_public_key if self._config else None,
+            False,
+        )
+        # Warm up (and check the output shape) on the inference thread, so its own OpenMP
+        # team is ready before traffic meets it.
+        await self._inference.run(warm_up_model, loaded)
+        if self._auto_threads:
+            await self._choose_threads(loaded)
+        return loaded
+
+    def _refused(self, model_uri: str, error: ArtifactError) -> None:
+        self._metrics.load_failures.inc()
+        self._last_error = redact_store(f"{model_uri}: {error}. {RETRY_HINT}", model_uri)
+        serving = self._model.version if self._model is not None else "nothing"
+        logger.error(
+            "Refused artifact %s; still serving %s. %s %s", model_uri, serving, error, RETRY_HINT
+        )
+
+    def _swap_in(self, loaded: LoadedModel) -> None:
         previous, self._model, self._last_error = self._model, loaded, None
         if previous is not None:
             self._metrics.model_info.set(
@@ -241,6 +251,7 @@ class FaceAttributeModel:
             "batch_wait_timeout_s": self._batcher.batch_wait_timeout_s,
             "batch_sizes": dict(sorted(self._batch_sizes.items())),
             "replica_id": serve.get_replica_context().replica_id.unique_id,
+            "pin": self._pinned.state(),
         }
         return meta
 
@@ -271,23 +282,32 @@ class FaceAttributeModel:
             self._batcher.max_batch_size,
             self._max_image_pixels,
         )
+        services = []
         for size, seconds in zip(stats.chunk_sizes, stats.seconds):
             self._metrics.inference_seconds.observe(seconds)
             self._metrics.batch_size.observe(size)
             self._batch_sizes[size] += 1
+            self._passes_of_size[size] += 1
+            # TorchScript re-optimises for a batch size it has not run twice: those passes are
+            # the replica warming up, not its speed (a rollout compares warm passes only).
+            warm = self._passes_of_size[size] > WARM_UP_PASSES
+            services.append(ServiceTime(size, seconds * 1000) if warm else None)
         answers = dict(zip(map(id, runnable), per_call))
         results = []
         for call in calls:
             if id(call) in answers:
-                probs, rejected = answers[id(call)]
-                results.append(_predictions(model, probs, rejected=rejected or None))
+                probs, rejected, pass_index = answers[id(call)]
+                service = services[pass_index] if pass_index is not None else None
+                results.append(
+                    _predictions(model, probs, rejected=rejected or None, service=service)
+                )
             else:
                 results.append(_predictions(model, None, mismatch=mismatch))
         return results
 
     async def explain(self, images: np.ndarray, spec: PreprocessSpec, grid: int) -> Explanations:
         """images: uint8 (N, 3, H, W) prepared with ``spec`` -> probabilities and the occlusion
-        maps of every label (serve_app/explain.py). Raises QueueFull when more than
+        maps of every label (serve_app/model/explain.py). Raises QueueFull when more than
         explain_max_queued_images images wait."""
         return await self._explainer.submit(ExplainCall(images, spec, grid))
 
@@ -363,10 +383,10 @@ def _prepared_for(call: ModelCall | ExplainCall, spec: PreprocessSpec) -> bool:
 
 def infer_calls(
     model: LoadedModel, calls: list[ModelCall], max_batch_size: int, max_pixels: int
-) -> tuple[list[tuple[np.ndarray, dict[int, ImageRejected]]], ForwardStats]:
+) -> tuple[list[tuple[np.ndarray, dict[int, ImageRejected], int | None]], ForwardStats]:
     """On the inference thread: decode what came as files, copy what came as pixels to the
     device, run the forward passes and copy back. Returns per call ((n, num_labels) float32,
-    {index: why refused})."""
+    {index: why refused}, the index in ``stats`` of the pass its first image rode in)."""
     parts: list[torch.Tensor] = []
     layout: list[tuple[int, list[int], dict[int, ImageRejected]]] = []  # (n, rows used, rejected)
     for call in calls:
@@ -389,8 +409,8 @@ def infer_calls(
     for n, ok, rejected in layout:
         rows = np.zeros((n, labels), np.float32)
         rows[ok] = probs[start : start + len(ok)]
+        out.append((rows, rejected, start // max_batch_size if ok else None))
         start += len(ok)
-        out.append((rows, rejected))
     return out, stats
 
 
@@ -399,6 +419,7 @@ def _predictions(
     probs: np.ndarray | None,
     mismatch: SpecMismatch | None = None,
     rejected: dict[int, ImageRejected] | None = None,
+    service: ServiceTime | None = None,
 ) -> Predictions:
     meta = model.metadata
     return Predictions(
@@ -409,5 +430,6 @@ def _predictions(
         probs,
         mismatch,
         rejected,
+        service=service,
         thresholds=model.thresholds,
     )

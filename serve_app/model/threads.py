@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from serve_app.inference import LoadedModel, forward
+from serve_app.model.inference import LoadedModel, forward
 
 # mobilenet_v3_small at 224: ~8 ms on one thread here; resnet34: ~100 ms; the demo model
 # (resnet18 at 64 px): ~4 ms.

@@ -43,9 +43,36 @@ class ModelMetrics:
             description="1 for the model version this replica serves.",
             tag_keys=("model", "version"),
         )
+        self.version_mismatch = Gauge(
+            "face_model_version_mismatch",
+            description="1 while this replica serves another version than its deployment's pin "
+            "(a refused artifact on this replica only, a follow_latest switch it missed).",
+        )
         self.load_failures = Counter(
             "face_model_load_failures",
             description="Artifacts refused at load (bad checksum, bad metadata, unreadable).",
+        )
+
+
+class DetectorMetrics:
+    def __init__(self) -> None:
+        self.batch_size = Histogram(
+            "face_detector_batch_size",
+            description="Images per cascade run of the face detector.",
+            boundaries=_BATCH_BOUNDARIES,
+        )
+        self.detect_seconds = Histogram(
+            "face_detector_seconds",
+            description="Time of one cascade run (all its images), on the inference thread.",
+            boundaries=_LATENCY_BOUNDARIES_S,
+        )
+        self.version_mismatch = Gauge(
+            "face_detector_version_mismatch",
+            description="1 while this replica serves another detector version than its pin.",
+        )
+        self.load_failures = Counter(
+            "face_detector_load_failures",
+            description="Detector artifacts refused at load.",
         )
 
 

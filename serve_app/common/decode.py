@@ -15,8 +15,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from model_store.preprocess import resize_for_model
-from serve_app.errors import ApiError
-from serve_app.protocol import PreprocessSpec
+from serve_app.common.errors import ApiError
+from serve_app.common.protocol import PreprocessSpec
 
 # Only these parsers are ever run on user bytes (fewer decoders, less attack surface).
 ALLOWED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "GIF")  # JPEG also opens MPO (phone photos)
@@ -54,6 +54,27 @@ def decode_image(data: bytes, spec: PreprocessSpec, max_pixels: int) -> np.ndarr
     with _refusing_bad_images():
         image = _open_and_load(data, spec, max_pixels)
     return _to_chw(image)
+
+
+def open_photo(
+    data: bytes, max_pixels: int, min_side: int
+) -> tuple[Image.Image, tuple[int, int], float]:
+    """Image bytes -> (the photo, RGB and oriented by its EXIF; the oriented file's (width,
+    height); file pixels per photo pixel). A JPEG decodes at 1/2..1/8 scale (libjpeg's fast
+    path) when its longer side stays at least ``min_side``. ApiError 400 as decode_image."""
+    with _refusing_bad_images():
+        image = _open_checked(data, max_pixels)
+        stored = image.size
+        if image.format in ("JPEG", "MPO"):
+            image.draft("RGB", (min_side, min_side))
+        image.load()
+        scale = stored[0] / image.size[0]
+        try:
+            rotated = int(image.getexif().get(EXIF_ORIENTATION, 1)) in (5, 6, 7, 8)
+        except Exception:
+            rotated = False  # exif_transpose ignores a broken EXIF block too
+        image = _to_rgb(ImageOps.exif_transpose(image))
+    return image, (stored[::-1] if rotated else stored), scale
 
 
 @contextlib.contextmanager

@@ -20,9 +20,9 @@ import ray
 from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
 from ray.serve.handle import DeploymentHandle
 
-from serve_app.batching import BatchWhenFree, QueueFull
-from serve_app.errors import model_unavailable, overloaded
-from serve_app.protocol import ImageResult, ModelNotReady, PreprocessSpec
+from serve_app.common.batching import BatchWhenFree, QueueFull
+from serve_app.common.errors import model_unavailable, overloaded
+from serve_app.common.protocol import ImageResult, ModelNotReady, PreprocessSpec
 
 # Serve's gRPC transport between replicas (on with RAY_SERVE_THROUGHPUT_OPTIMIZED) refuses a
 # message over RAY_SERVE_REPLICA_GRPC_MAX_MESSAGE_LENGTH (4 MiB by default): 32 images at
@@ -117,8 +117,9 @@ def file_chunks(files: list[bytes], max_bytes: int = MAX_CALL_BYTES) -> list[lis
 ASSIGN_TIMEOUT_S = 1.0
 
 
-async def call_model(method, *args) -> Any:
-    """``await method.remote(*args)`` on the model deployment, Ray's failures as the API's 503s."""
+async def call_model(method, *args, what: str = "model") -> Any:
+    """``await method.remote(*args)`` on a model deployment (``what``: its name in the API's
+    messages), Ray's failures as the API's 503s."""
     try:
         response = method.remote(*args)
         assigned = getattr(response, "_fetch_future_result_async", None)
@@ -128,17 +129,17 @@ async def call_model(method, *args) -> Any:
                 await asyncio.wait_for(asyncio.shield(assigned()), ASSIGN_TIMEOUT_S)
             except asyncio.TimeoutError:
                 response.cancel()
-                raise model_unavailable("no model replica is running; retry") from None
+                raise model_unavailable(f"no {what} replica is running; retry") from None
         return await response
     except BackPressureError as e:
         raise overloaded() from e
     except DeploymentUnavailableError as e:
-        raise model_unavailable(f"the model deployment is unavailable: {e}") from e
+        raise model_unavailable(f"the {what} deployment is unavailable: {e}") from e
     except (ray.exceptions.ActorDiedError, ray.exceptions.ActorUnavailableError) as e:
         # ActorUnavailableError: the gRPC transport's word for a replica that went away.
-        raise model_unavailable("the model replica restarted; retry") from e
+        raise model_unavailable(f"the {what} replica restarted; retry") from e
     except ModelNotReady as e:  # Ray re-raises the replica's exception as its own type
-        raise model_unavailable("no model is loaded yet") from e
+        raise model_unavailable(f"no {what} is loaded yet") from e
 
 
 @dataclass

@@ -7,17 +7,18 @@ Starlette 1.10) to a temporary file; user bytes must never reach disk here.
 tests/reliability/test_exposure.py sends a ~2 MiB part and checks that no process of the
 service holds a file with its bytes (and that the check finds a spooling app's file). The body
 is already bounded by max_body_mb before parsing, so holding it in memory is bounded too. The
-OpenAPI document still declares the multipart body (serve_app/openapi.py).
+OpenAPI document still declares the multipart body (serve_app/api/openapi.py).
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
-from serve_app.errors import ApiError
+from serve_app.common.errors import ApiError
 
 
 @dataclass
@@ -26,6 +27,9 @@ class Part:
     filename: str | None
     content_type: str | None
     data: bytearray = field(default_factory=bytearray)
+
+
+QUOTED = re.compile(r"b?'(?:[^'\\]|\\.)*'|b?\"(?:[^\"\\]|\\.)*\"")
 
 
 def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part]:
@@ -86,5 +90,8 @@ def parse_multipart(body: bytes, content_type: str, max_parts: int) -> list[Part
         parser.write(body)
         parser.finalize()
     except MultipartParseError as e:
-        raise ApiError(400, "bad_multipart", f"malformed multipart body: {e}") from e
+        # The parser quotes the byte it stumbled on: the upload's own content never goes back
+        # into an answer (or a log), so quoted values are masked.
+        where = QUOTED.sub("<byte>", str(e))
+        raise ApiError(400, "bad_multipart", f"malformed multipart body: {where}") from e
     return parts

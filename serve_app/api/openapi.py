@@ -1,4 +1,4 @@
-"""The OpenAPI document, generated from serve_app/api.py's routes and pydantic models; served at
+"""The OpenAPI document, generated from serve_app/api/schema.py's routes and pydantic models; served at
 GET /openapi.json and rendered by the Swagger UI at /docs.
 
 OpenAPI 3.0.3, not 3.1: the Swagger UI the project ships (swagger-ui-bundle, Swagger UI 4.15)
@@ -13,7 +13,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic.json_schema import models_json_schema
 
-from serve_app.api import ENDPOINTS, ERROR_CODES, Endpoint, ErrorBody
+from serve_app.api.schema import ENDPOINTS, ERROR_CODES, Endpoint, ErrorBody
 from serve_app.config import AppArgs
 
 REF = "#/components/schemas/{model}"

@@ -1,0 +1,2 @@
+"""What the deployments share: the messages between them (protocol.py), image decoding, errors,
+metrics and batching."""

@@ -1,0 +1,1 @@
+"""The Ingress deployment (deployment.py): HTTP in, decode -> predict -> encode, JSON out."""
