@@ -53,6 +53,12 @@ def _filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
         return ArrowFSWrapper(arrow_fs), path
 
 
+def filesystem(uri: str) -> tuple[fsspec.AbstractFileSystem, str]:
+    """The filesystem the store opens ``uri`` with, and the path on it: the one layer every
+    reader of local paths and URIs shares (the batch job's inputs and outputs use it too)."""
+    return _filesystem(uri)
+
+
 def _join(base: str, *parts: str) -> str:
     return posixpath.join(base.rstrip("/"), *parts)
 
