@@ -28,8 +28,9 @@ def cpu_times() -> tuple[float, float]:
     return sum(fields) - idle, sum(fields)
 
 
-def multipart_request(url: str, image: bytes) -> bytes:
-    """The whole POST, bytes on the wire: one multipart 'image' field."""
+def multipart_request(url: str, image: bytes, api_key: str | None = None) -> bytes:
+    """The whole POST, bytes on the wire: one multipart 'image' field (and the API key of a
+    service with keys)."""
     parts = urlsplit(url)
     boundary = uuid.uuid4().hex
     body = (
@@ -43,7 +44,8 @@ def multipart_request(url: str, image: bytes) -> bytes:
     head = (
         f"POST {parts.path or '/'} HTTP/1.1\r\nHost: {parts.netloc}\r\n"
         f"Content-Type: multipart/form-data; boundary={boundary}\r\n"
-        f"Content-Length: {len(body)}\r\n\r\n"
+        + (f"Authorization: Bearer {api_key}\r\n" if api_key else "")
+        + f"Content-Length: {len(body)}\r\n\r\n"
     )
     return head.encode() + body
 
@@ -66,12 +68,18 @@ async def post(conn: list, host: str, port: int, request: bytes, timeout: float)
 
 
 async def run(
-    url: str, image: bytes, concurrency: int, seconds: float, warmup: float, server_pid: int | None
+    url: str,
+    image: bytes,
+    concurrency: int,
+    seconds: float,
+    warmup: float,
+    server_pid: int | None,
+    api_key: str | None = None,
 ) -> dict:
     latencies: list[float] = []
     statuses: dict[int, int] = {}
     parts = urlsplit(url)
-    request = multipart_request(url, image)
+    request = multipart_request(url, image, api_key)
     measuring = False
     stop_at = time.monotonic() + warmup + seconds
 
@@ -146,6 +154,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=6)
     parser.add_argument("--warmup", type=float, default=1.5)
     parser.add_argument("--server-pid", type=int, help="account the CPU of this process tree")
+    parser.add_argument(
+        "--api-key", default=os.environ.get("FACE_API_KEY"), help="for a service with API keys"
+    )
     args = parser.parse_args()
     assert args.url.startswith(("http://127.", "http://localhost")), "load only on loopback"
     os.nice(19)  # the load generator must not steal the server's CPU
@@ -153,7 +164,15 @@ def main() -> None:
     print(
         json.dumps(
             asyncio.run(
-                run(args.url, image, args.concurrency, args.seconds, args.warmup, args.server_pid)
+                run(
+                    args.url,
+                    image,
+                    args.concurrency,
+                    args.seconds,
+                    args.warmup,
+                    args.server_pid,
+                    args.api_key,
+                )
             )
         )
     )

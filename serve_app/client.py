@@ -33,21 +33,25 @@ import re
 import sys
 import time
 from collections.abc import Generator, Iterable, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
+from serve_app.api import schema
+
 DEFAULT_URL = "http://127.0.0.1:8000"
+API_KEY_ENV = "FACE_API_KEY"
 # AppArgs.max_batch_images' default. A server with a smaller limit answers 413 too_many_images
 # ("... at most N per request") and the client keeps N from then on.
 DEFAULT_BATCH_LIMIT = 16
 BACKOFF_FIRST_S = 0.25
 BACKOFF_MAX_S = 4.0
 # 503: overloaded / model_unavailable / the proxy has no live replica; 502: the proxy lost the
-# replica mid-request (a restart). Classification is a pure function, so a repeat is harmless.
-RETRY_STATUSES = frozenset({502, 503})
+# replica mid-request (a restart); 429: the key's quota, after its Retry-After. Classification
+# is a pure function, so a repeat is harmless.
+RETRY_STATUSES = frozenset({429, 502, 503})
 RETRY_TRANSPORT_ERRORS = (
     httpx.ConnectError,
     httpx.ConnectTimeout,
@@ -60,56 +64,39 @@ RETRY_TRANSPORT_ERRORS = (
 ImageInput = str | os.PathLike | bytes | bytearray | memoryview | Any
 
 
-# ---- typed results -----------------------------------------------------------------------------
+# ---- typed results: the API's own models (serve_app/api/schema.py), with a few helpers ---------
 
 
-@dataclass(frozen=True)
-class ModelRef:
-    name: str
-    version: str
-
-
-@dataclass(frozen=True)
-class Label:
-    """One attribute judged present. ``threshold``: the one it was judged by (None from a server
-    that does not say)."""
-
-    label_id: int
-    label: str
-    probability: float
-    threshold: float | None = None
-
-
-@dataclass(frozen=True)
-class Classification:
+class Classification(schema.ClassifyResult):
     """``labels``: the attributes at or above their threshold, most probable first;
     ``probabilities``: {attribute: probability} for every attribute the server returned."""
 
-    labels: list[Label]
-    probabilities: dict[str, float]
-    model: ModelRef
-
     @classmethod
     def from_json(cls, body: dict[str, Any]) -> Classification:
-        return cls(
-            labels=[
-                Label(
-                    label_id=int(entry["label_id"]),
-                    label=entry["label"],
-                    probability=float(entry["probability"]),
-                    threshold=None if entry.get("threshold") is None else float(entry["threshold"]),
-                )
-                for entry in body["labels"]
-            ],
-            probabilities={k: float(v) for k, v in body["probabilities"].items()},
-            model=ModelRef(**body["model"]),
-        )
+        return cls.model_validate(body)
 
     def present(self, attribute: str) -> bool:
         return any(label.label == attribute for label in self.labels)
 
     def to_json(self) -> dict[str, Any]:
-        return asdict(self)
+        return self.model_dump(mode="json")
+
+
+class Faces(schema.FacesResult):
+    """POST /faces: ``faces`` (box, landmarks, score, labels, probabilities, model each), most
+    confident first; ``faces_found`` before max_faces; ``min_face_px`` searched for."""
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> Faces:
+        return cls.model_validate(body)
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+ModelRef = schema.ModelRef
+Label = schema.LabelEntry
+Face = schema.Face
 
 
 # ---- errors --------------------------------------------------------------------------------------
@@ -194,6 +181,19 @@ class ServerError(ApiError):
     default_status = 500
 
 
+class Unauthorized(ApiError):
+    """401: the service has API keys and this client sent none it knows (``api_key=`` or
+    FACE_API_KEY)."""
+
+    default_status = 401
+
+
+class RateLimited(ApiError):
+    """429 after the retries ran out: the key's quota (``retry_after``: how long it asked)."""
+
+    default_status = 429
+
+
 class Overloaded(ApiError):
     """503 after the retries ran out (or the server asked to wait longer than the budget)."""
 
@@ -222,6 +222,8 @@ ERROR_CLASSES: dict[str, type[ApiError]] = {
     "internal_error": ServerError,
     "overloaded": Overloaded,
     "model_unavailable": ModelUnavailable,
+    "unauthorized": Unauthorized,
+    "rate_limited": RateLimited,
 }
 
 
@@ -377,6 +379,21 @@ def query_params(
     return params
 
 
+def faces_params(
+    attributes: str | Sequence[str] | None,
+    threshold: float | str | None,
+    top_k: int | None,
+    max_faces: int | None,
+    min_face_px: int | None,
+) -> dict[str, str]:
+    params = query_params(attributes, threshold, top_k)
+    if max_faces is not None:
+        params["max_faces"] = str(int(max_faces))
+    if min_face_px is not None:
+        params["min_face_px"] = str(int(min_face_px))
+    return params
+
+
 BatchResult = Classification | ApiError
 # A batch plan yields the next chunk to send and receives its answer: the response body or the
 # ApiError it raised. Shared by Client and AsyncClient, which only do the I/O.
@@ -399,11 +416,15 @@ class _Base:
         retries: int = 6,
         max_retry_wait_s: float = 30.0,
         batch_size: int | None = None,
+        api_key: str | None = None,
     ):
         """``timeout``: seconds per HTTP try; ``retries``/``max_retry_wait_s``: see the module
         docstring; ``batch_size``: images per /classify/batch request (default 16, lowered to
-        the server's limit when it refuses more)."""
+        the server's limit when it refuses more); ``api_key``: for a service with keys
+        (default: the FACE_API_KEY environment variable), sent as Authorization: Bearer."""
         self.url = url.rstrip("/")
+        key = api_key if api_key is not None else os.environ.get(API_KEY_ENV)
+        self.headers = {"Authorization": f"Bearer {key}"} if key else {}
         self.timeout = timeout
         self.retries = retries
         self.max_retry_wait_s = max_retry_wait_s
@@ -495,7 +516,7 @@ class Client(_Base):
 
     def __init__(self, url: str = DEFAULT_URL, **options: Any):
         super().__init__(url, **options)
-        self._http = httpx.Client(base_url=self.url, timeout=self.timeout)
+        self._http = httpx.Client(base_url=self.url, timeout=self.timeout, headers=self.headers)
 
     def __enter__(self) -> Client:
         return self
@@ -541,6 +562,20 @@ class Client(_Base):
             chunk, results = plan_step(plan, answer)
         return results
 
+    def faces(
+        self,
+        image: ImageInput,
+        attributes: str | Sequence[str] | None = None,
+        threshold: float | str | None = None,
+        top_k: int | None = None,
+        max_faces: int | None = None,
+        min_face_px: int | None = None,
+    ) -> Faces:
+        """POST /faces: every face of a photo, each with its box, landmarks and attributes."""
+        files = _multipart([to_upload(image)])
+        params = faces_params(attributes, threshold, top_k, max_faces, min_face_px)
+        return Faces.from_json(self._request("POST", "/faces", params, files))
+
     def metadata(self) -> dict[str, Any]:
         """GET /metadata: the serving model's public metadata (labels, threshold(s), version)."""
         return self._request("GET", "/metadata")
@@ -565,7 +600,9 @@ class AsyncClient(_Base):
 
     def __init__(self, url: str = DEFAULT_URL, **options: Any):
         super().__init__(url, **options)
-        self._http = httpx.AsyncClient(base_url=self.url, timeout=self.timeout)
+        self._http = httpx.AsyncClient(
+            base_url=self.url, timeout=self.timeout, headers=self.headers
+        )
 
     async def __aenter__(self) -> AsyncClient:
         return self
@@ -608,6 +645,19 @@ class AsyncClient(_Base):
                 answer = e
             chunk, results = await asyncio.to_thread(plan_step, plan, answer)
         return results
+
+    async def faces(
+        self,
+        image: ImageInput,
+        attributes: str | Sequence[str] | None = None,
+        threshold: float | str | None = None,
+        top_k: int | None = None,
+        max_faces: int | None = None,
+        min_face_px: int | None = None,
+    ) -> Faces:
+        files = _multipart([to_upload(image)])
+        params = faces_params(attributes, threshold, top_k, max_faces, min_face_px)
+        return Faces.from_json(await self._request("POST", "/faces", params, files))
 
     async def metadata(self) -> dict[str, Any]:
         return await self._request("GET", "/metadata")
@@ -683,12 +733,19 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
     parser.add_argument("--timeout", type=float, default=30.0, help="seconds per HTTP try")
     parser.add_argument("--retries", type=int, default=6, help="retries on 503 / connection loss")
+    parser.add_argument(
+        "--api-key",
+        default=None,
+        help=f"for a service with API keys (default: the {API_KEY_ENV} environment variable)",
+    )
     return parser.parse_args(argv)
 
 
 def run_cli(args: argparse.Namespace) -> int:
     """0: every image classified; 1: an error (per image, or the request's), printed on stderr."""
-    with Client(args.url, timeout=args.timeout, retries=args.retries) as client:
+    with Client(
+        args.url, timeout=args.timeout, retries=args.retries, api_key=args.api_key
+    ) as client:
         results = client.classify_many(
             args.images, attributes=args.attributes, threshold=args.threshold, top_k=args.top_k
         )

@@ -76,6 +76,13 @@ class AppArgs(BaseModel):
         default=128, ge=1, description="images waiting for a model call above which: 503"
     )
 
+    api_keys_file: str | None = Field(
+        default=None,
+        description="a YAML file of API key names and sha256 hashes (python -m serve_app.keys); "
+        "set, every data route needs a key (401 without one) and keys' quotas apply (429); "
+        "read again when it changes. Unset: no keys (config.yaml on loopback)",
+    )
+
     # POST /faces (serve_app/ingress/faces.py, serve_app/detector/).
     max_faces: int = Field(
         default=10, ge=1, le=100, description="faces answered per photo (most confident first)"

@@ -49,7 +49,11 @@ the command line it scans (`-f <its config>`, to find its workers) are those of 
      connections mark it down; one more retry then reaches the backup. With HAProxy's default of
      3, the request whose own errors marked the replica down had none left and lost its
      connection (3 rig runs of 3); with error-limit + 1 still in 9 of 12;
-   - HAProxy's own 502/503/504 (Ray: its 500 page) become that 503 too.
+   - HAProxy's own 502/503/504 (Ray: its 500 page) become that 503 too;
+   - an Ingress replica's own backpressure 503 (Serve's text/plain "Request dropped due to
+     backpressure", past max_ongoing_requests + max_queued_requests) becomes the API's 503
+     `overloaded` with Retry-After (measured on the shipped config: 240 clients at once got
+     1,999 such 503s, none with Retry-After, before; tests/reliability/test_shipped.py).
    Measured, SIGKILL of the only Ingress replica under 4 keep-alive clients (1.3 kB images), on
    one node with Serve: before, 4 connection errors and 4 requests held past the clients' 10 s
    timeout; after, 0 and 0, 843 x 503 each within 0.09 s, every answer 200 again 11.0 s after
@@ -118,6 +122,21 @@ UNAVAILABLE_BODY = json.dumps(
         "retry after Retry-After",
     }
 )
+# An Ingress replica past max_ongoing + max_queued_requests answers Serve's own 503 ("Request
+# dropped due to backpressure", text/plain; Retry-After from the deployment's
+# backpressure_config): the same 503 as the API's, in the API's shape, on its way out.
+OVERLOADED_BODY = json.dumps(
+    {
+        "error": "overloaded",
+        "detail": "the ingress is at capacity (max_ongoing_requests + max_queued_requests); "
+        "retry after Retry-After",
+    }
+)
+OVERLOADED_RULE = (
+    "    http-response return status 503 content-type application/json"
+    f" hdr Retry-After {RETRY_AFTER_S} hdr Cache-Control no-store string '{OVERLOADED_BODY}'"
+    " if { status 503 } !{ res.hdr(content-type) -m beg application/json }\n"
+)
 UNAVAILABLE_SOCKET = "unavailable.sock"  # in Ray's per-node directory, which main() makes 0700
 UNAVAILABLE_PAGE = "unavailable.http"  # the same 503 as a raw HTTP message, for `errorfile`
 UNAVAILABLE_FRONTEND = "frontend serve_unavailable"
@@ -165,6 +184,8 @@ def fail_fast(config: str, directory: str) -> str:
             lines.extend(replay_policy(config))
         else:
             lines.append(line)
+        if line.startswith("backend http-") and OVERLOADED_RULE not in config:
+            lines.append(OVERLOADED_RULE)
     rewritten = "".join(lines)
     if rerouted and UNAVAILABLE_FRONTEND not in rewritten:
         rewritten += unavailable_frontend(socket_path)

@@ -84,6 +84,7 @@ class ServeTestbed:
         serve.start(http_options=self.http_options())
         self.http = httpx.Client(base_url=self.url, timeout=30)
         self._deployed: dict | None = None
+        self.api_key: str | None = None  # the harness's own key while the app has keys
 
     def http_options(self) -> dict:
         options = dict(load_config()["http_options"])
@@ -117,8 +118,15 @@ class ServeTestbed:
     def detector_uri(self) -> str:
         return str(self.model_store / "face-detector" / "latest")
 
+    def deploy_keyed(self, config: dict, api_key: str, timeout: float = 120) -> None:
+        """As deploy, for a config with api_keys_file: ``api_key`` is one of its keys."""
+        self.api_key = api_key
+        self.deploy(config, timeout)
+
     def deploy(self, config: dict, timeout: float = 120) -> None:
         """Apply a config declaratively (as `serve deploy`) and wait until it is live."""
+        if not config["applications"][0]["args"].get("api_keys_file"):
+            self.api_key = None
         if config == self._deployed and self._is_live(config):
             return
         self.client.deploy_applications(copy.deepcopy(config))
@@ -132,7 +140,7 @@ class ServeTestbed:
         from serve_app.config import AppArgs, ModelConfig
 
         wanted = deployment(config["applications"][0], "FaceAttributeModel")["user_config"]
-        meta = self.http.get("/metadata")
+        meta = self.http.get("/metadata", headers=self.auth_headers())
         if meta.status_code != 200:
             return False
         serving = meta.json()["serving"]
@@ -144,7 +152,10 @@ class ServeTestbed:
         )
 
     def metadata(self) -> dict:
-        return self.http.get("/metadata").json()
+        return self.http.get("/metadata", headers=self.auth_headers()).json()
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
 
     def shutdown(self) -> None:
         self.http.close()

@@ -146,6 +146,21 @@ def test_imports_without_ray():
     assert done.returncode == 0, done.stderr
 
 
+def test_the_clients_types_are_the_apis_own_and_every_error_code_has_its_class():
+    """One source: the client's results are serve_app/api/schema.py's models, and each code the
+    API can answer (ERROR_CODES) maps to a class of its status."""
+    from serve_app.api import schema
+
+    assert issubclass(api.Classification, schema.ClassifyResult)
+    assert issubclass(api.Faces, schema.FacesResult)
+    assert api.Label is schema.LabelEntry and api.ModelRef is schema.ModelRef
+    for status, codes in schema.ERROR_CODES.items():
+        for code in codes:
+            cls = api.ERROR_CLASSES.get(code)
+            assert cls is not None, f"no client class for {code}"
+            assert cls.default_status in (status, 400 if status == 400 else status), (code, cls)
+
+
 # ---- retries (scripted server) ---------------------------------------------------------------
 
 
@@ -153,8 +168,8 @@ def test_waits_retry_after_between_503s(stub_with):
     stub = stub_with(scripted(error(503, "overloaded", "1"), error(503, "overloaded", "1"), ok()))
     with api.Client(stub.url, retries=3, max_retry_wait_s=10) as client:
         result = client.classify(images.solid())
-    assert result.labels == [api.Label(1, "B", 0.9, 0.4)]
-    assert result.model == api.ModelRef("stub", "s1")
+    assert result.labels == [api.Label(label_id=1, label="B", probability=0.9, threshold=0.4)]
+    assert result.model == api.ModelRef(name="stub", version="s1")
     assert len(stub.seen) == 3
     assert all(0.95 <= gap < 1.6 for gap in gaps(stub.seen)), gaps(stub.seen)
 
@@ -285,7 +300,7 @@ def test_classify_path_bytes_and_pil_image(served, tmp_path):
     assert top(from_path) == top(from_str_path) == CELEBA_LABELS[2]
     assert top(from_bytes) == CELEBA_LABELS[0]
     assert top(from_pil) == top(from_rgba) == CELEBA_LABELS[1]
-    assert from_bytes.model == api.ModelRef("face-attributes", "v1")
+    assert from_bytes.model == api.ModelRef(name="face-attributes", version="v1")
     assert list(from_bytes.probabilities) == list(CELEBA_LABELS)
     first = from_bytes.labels[0]
     assert first.label_id == 0 and first.probability == from_bytes.probabilities[first.label]

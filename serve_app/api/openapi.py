@@ -18,6 +18,11 @@ from serve_app.config import AppArgs
 
 REF = "#/components/schemas/{model}"
 BINARY = {"type": "string", "format": "binary"}
+# With args.api_keys_file: either header carries the key (Swagger UI's Authorize takes either).
+SECURITY_SCHEMES = {
+    "bearer": {"type": "http", "scheme": "bearer", "description": "Authorization: Bearer <key>"},
+    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+}
 
 
 def openapi_spec(args: AppArgs) -> dict[str, Any]:
@@ -40,7 +45,10 @@ def openapi_spec(args: AppArgs) -> dict[str, Any]:
             "See docs/api.md.",
         },
         "paths": paths,
-        "components": {"schemas": to_openapi30(defs.get("$defs", {}))},
+        "components": {
+            "schemas": to_openapi30(defs.get("$defs", {})),
+            **({"securitySchemes": SECURITY_SCHEMES} if args.api_keys_file else {}),
+        },
     }
 
 
@@ -48,8 +56,10 @@ def _operation(endpoint: Endpoint, args: AppArgs) -> dict[str, Any]:
     operation: dict[str, Any] = {
         "operationId": endpoint.handler.strip("_").removesuffix("_endpoint"),
         "summary": endpoint.summary,
-        "responses": _responses(endpoint),
+        "responses": _responses(endpoint, keyed=bool(args.api_keys_file) and endpoint.keyed),
     }
+    if args.api_keys_file and endpoint.keyed:
+        operation["security"] = [{name: []} for name in SECURITY_SCHEMES]
     if endpoint.description:
         operation["description"] = endpoint.description
     parameters = _query_parameters(endpoint.query, args) if endpoint.query else []
@@ -65,7 +75,7 @@ def _operation(endpoint: Endpoint, args: AppArgs) -> dict[str, Any]:
     return operation
 
 
-def _responses(endpoint: Endpoint) -> dict[str, Any]:
+def _responses(endpoint: Endpoint, keyed: bool = False) -> dict[str, Any]:
     if endpoint.response is not None:
         content = {
             "application/json": {"schema": {"$ref": REF.format(model=endpoint.response.__name__)}}
@@ -76,7 +86,7 @@ def _responses(endpoint: Endpoint) -> dict[str, Any]:
     for media, when in endpoint.extra_media.items():
         content[media] = {"schema": {**BINARY, "description": when}}
     responses: dict[str, Any] = {"200": {"description": "OK", "content": content}}
-    for status in sorted(set(endpoint.errors) | {404, 405, 500}):
+    for status in sorted(set(endpoint.errors) | {404, 405, 500} | ({401, 429} if keyed else set())):
         responses[str(status)] = _error_response(status)
     return responses
 
@@ -95,9 +105,13 @@ def _error_response(status: int) -> dict[str, Any]:
         "description": "; ".join(f"`{code}`: {text}" for code, text in codes.items()),
         "content": {"application/json": {"schema": schema}},
     }
-    if status == 503:
+    if status in (429, 503):
         response["headers"] = {
             "Retry-After": {"description": "seconds to wait", "schema": {"type": "integer"}}
+        }
+    if status == 401:
+        response["headers"] = {
+            "WWW-Authenticate": {"description": "Bearer", "schema": {"type": "string"}}
         }
     if status == 405:
         response["headers"] = {

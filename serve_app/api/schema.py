@@ -28,6 +28,10 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "image_too_large": "more pixels than max_image_pixels (a decompression bomb)",
         "bad_multipart": "malformed multipart/form-data body",
     },
+    401: {
+        "unauthorized": "no API key, or one this service does not know (the service has keys: "
+        "send Authorization: Bearer <key> or X-API-Key)"
+    },
     404: {"not_found": "no such route"},
     405: {"method_not_allowed": "the route exists with another method (see the Allow header)"},
     413: {
@@ -36,6 +40,10 @@ ERROR_CODES: dict[int, dict[str, str]] = {
         "too_many_parts": "more multipart parts than the route accepts (images + 8)",
     },
     415: {"unsupported_media_type": "neither multipart/form-data nor image/*"},
+    429: {
+        "rate_limited": "the API key is over its requests-per-second or images-per-minute "
+        "quota; retry after Retry-After"
+    },
     422: {
         "missing_image": "multipart body without an 'image' field",
         "unknown_attribute": "an attribute the serving model does not have (the detail lists "
@@ -361,6 +369,8 @@ class Endpoint:
     description: str = ""
     media_type: str = "application/json"
     extra_media: dict[str, str] = field(default_factory=dict)
+    # Needs an API key when the service has keys (args.api_keys_file): 401 / 429 then.
+    keyed: bool = True
 
 
 ENDPOINTS: tuple[Endpoint, ...] = (
@@ -412,8 +422,10 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "laid over it, side by side. See docs/explain.md.",
         extra_media={"image/png": "format=png"},
     ),
-    Endpoint("GET", "/healthz", "_healthz", "The ingress is alive", Health),
-    Endpoint("GET", "/readyz", "_readyz", "The model deployment answers", Ready, (503,)),
+    Endpoint("GET", "/healthz", "_healthz", "The ingress is alive", Health, keyed=False),
+    Endpoint(
+        "GET", "/readyz", "_readyz", "The model deployment answers", Ready, (503,), keyed=False
+    ),
     Endpoint(
         "GET",
         "/metadata",
@@ -432,10 +444,26 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         "python -m serve_app.rollout reads its figures here.",
     ),
     Endpoint(
-        "GET", "/openapi.json", "_openapi", "This document", None, media_type="application/json"
+        "GET",
+        "/openapi.json",
+        "_openapi",
+        "This document",
+        None,
+        media_type="application/json",
+        keyed=False,
     ),
-    Endpoint("GET", "/", "_page", "Web page to try the model", None, media_type="text/html"),
-    Endpoint("GET", "/docs", "_docs", "Swagger UI on this document", None, media_type="text/html"),
+    Endpoint(
+        "GET", "/", "_page", "Web page to try the model", None, media_type="text/html", keyed=False
+    ),
+    Endpoint(
+        "GET",
+        "/docs",
+        "_docs",
+        "Swagger UI on this document",
+        None,
+        media_type="text/html",
+        keyed=False,
+    ),
     Endpoint(
         "GET",
         "/docs/static/{asset}",
@@ -444,5 +472,6 @@ ENDPOINTS: tuple[Endpoint, ...] = (
         None,
         media_type="text/javascript",
         extra_media={"text/css": "swagger-ui.css", "image/png": "favicon-32x32.png"},
+        keyed=False,
     ),
 )

@@ -22,8 +22,22 @@ class IngressMetrics:
             tag_keys=("route", "status"),
         )
 
+        self.key_requests = Counter(
+            "face_key_requests",
+            description="Requests by API key name (never the key) and outcome: ok, "
+            "client_error, server_error, unauthorized (no or an unknown key: key '-'), "
+            "rate_limited.",
+            tag_keys=("key", "outcome"),
+        )
+
     def count(self, route: str, status: int) -> None:
         self.requests.inc(tags={"route": route, "status": str(status)})
+
+    def count_key(self, name: str | None, status: int) -> None:
+        outcome = {401: "unauthorized", 429: "rate_limited"}.get(status) or (
+            "ok" if status < 400 else "client_error" if status < 500 else "server_error"
+        )
+        self.key_requests.inc(tags={"key": name or "-", "outcome": outcome})
 
 
 class ModelMetrics:

@@ -39,6 +39,7 @@ from serve_app.common.protocol import (
     SpecMismatch,
 )
 from serve_app.config import AppArgs
+from serve_app.ingress.auth import KeyRing, KeySpec, Quotas
 from serve_app.ingress.encode import encode_prediction
 from serve_app.ingress.explain import (
     ExplainQuery,
@@ -107,12 +108,18 @@ class Ingress:
         self._stable = self._deployment(model)
         self._candidate = self._deployment(candidate) if candidate is not None else None
         self._detector = detector
-        self._traffic = RolloutTraffic(self._predict_on, monitor, VersionMetrics())
+        # API keys (off without api_keys_file) and their quotas, shared through the monitor.
+        self._keys = KeyRing(self._args.api_keys_file) if self._args.api_keys_file else None
+        self._quotas = Quotas()
+        self._traffic = RolloutTraffic(
+            self._predict_on, monitor, VersionMetrics(), shared=self._quotas
+        )
         self._reading_rollout = False
         self._metrics = IngressMetrics()
         self._explains_running = 0  # at most args.explain_max_in_flight
         self._labels: tuple[str, ...] | None = None  # the serving model's, as last seen
         self._routes: dict[str, dict[str, Handler]] = {}
+        self._keyed = {(e.path, e.method) for e in ENDPOINTS if e.keyed}
         for endpoint in ENDPOINTS:
             self._routes.setdefault(endpoint.path, {})[endpoint.method] = getattr(
                 self, endpoint.handler
@@ -135,6 +142,7 @@ class Ingress:
         path = route_of(request.url.path)
         methods = self._routes.get(path)
         handler = methods.get(request.method) if methods else None
+        key: KeySpec | None = None
         try:
             if handler is None:
                 if methods:
@@ -146,6 +154,8 @@ class Ingress:
                         headers={"Allow": allowed},
                     )
                 raise ApiError(404, "not_found", f"no route {path}; see /openapi.json")
+            if self._keys is not None and (path, request.method) in self._keyed:
+                key = self._admit(request)
             response = await handler(request)
         except ApiError as e:
             response = e.response()
@@ -155,9 +165,20 @@ class Ingress:
                 500, "internal_error", "unexpected server error (logged)"
             ).response()
         self._metrics.count(path if handler else "other", response.status_code)
+        if self._keys is not None:
+            self._metrics.count_key(key.name if key else None, response.status_code)
         for name, value in API_HEADERS.items():  # the page sets its own
             response.headers.setdefault(name, value)
         return response
+
+    def _admit(self, request: Request) -> KeySpec:
+        """The request's API key (401 without a valid one), within its request quota (429);
+        its image quota is charged once the body says how many (_read_images)."""
+        now = time.monotonic()
+        key = self._keys.identify(request.headers, now)
+        self._quotas.admit_request(key, now)
+        request.state.api_key = key
+        return key
 
     # ---- typed pipeline -------------------------------------------------------------------
 
@@ -424,15 +445,22 @@ class Ingress:
                     "too_many_images",
                     f"{len(images)} images; at most {max_images} per request",
                 )
-            return images
+            return self._charged(request, images)
         if media_type.startswith("image/"):
-            return [await self._read_body(request)]
+            return self._charged(request, [await self._read_body(request)])
         raise ApiError(
             415,
             "unsupported_media_type",
             f"Content-Type {media_type or '(none)'!r}: send multipart/form-data with an 'image' "
             "field, or the raw image with Content-Type image/*",
         )
+
+    def _charged(self, request: Request, images: list[bytes]) -> list[bytes]:
+        """The images, charged to the request's key's image quota (429 past it)."""
+        key = getattr(request.state, "api_key", None)
+        if key is not None:
+            self._quotas.admit_images(key, len(images), time.monotonic())
+        return images
 
     async def _read_body(self, request: Request) -> bytes:
         limit = self._args.max_body_bytes

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import posixpath
 import re
 import signal
@@ -375,7 +376,17 @@ def parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--poll-s", type=float, default=1.0)
     p.add_argument("--report", default=None, help="write the steps' figures here as JSON")
+    p.add_argument(
+        "--api-key",
+        default=os.environ.get("FACE_API_KEY"),
+        help="for an application with API keys (default: FACE_API_KEY); /rollout and /metadata "
+        "need one there",
+    )
     return p
+
+
+def app_headers(args: argparse.Namespace) -> dict[str, str]:
+    return {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
 
 
 def _interrupt(signum: int, frame: Any) -> None:
@@ -395,7 +406,7 @@ def main(argv: list[str] | None = None) -> int:
     serve_api = ServeSubmissionClient(args.dashboard)
     dashboard_headers = get_auth_headers_if_auth_enabled({})  # Ray's token, as the SDK sends it
     with (
-        httpx.Client(base_url=args.url, timeout=10) as app_http,
+        httpx.Client(base_url=args.url, timeout=10, headers=app_headers(args)) as app_http,
         httpx.Client(base_url=args.dashboard, headers=dashboard_headers) as dashboard_http,
     ):
         rollout = Rollout(args, serve_api, app_http, dashboard_http)

@@ -1,4 +1,5 @@
-"""The rollout's settings and the place where every ingress replica's counts add up.
+"""The app's shared counters: the rollout's settings and counts, and the API keys' quota usage,
+where every ingress replica's add up.
 
 A one-replica deployment with no CPU reservation. Its ``user_config`` holds the rollout settings
 (``rollout:``, serve_app/rollout/config.py); every ``PUSH_INTERVAL_S`` each ingress replica
@@ -39,15 +40,25 @@ class RolloutMonitor:
     def __init__(self) -> None:
         self._tally = Tally()
         self._settings = MonitorConfig().rollout.model_dump()
+        # API keys' admissions, summed over the ingress replicas (serve_app/ingress/auth.py):
+        # {key name: [requests, images]} since this replica started.
+        self._usage: dict[str, list[float]] = {}
 
     def reconfigure(self, user_config: dict[str, Any]) -> None:
         """New rollout settings (validated: a bad value fails the deploy, naming the key)."""
         self._settings = MonitorConfig.model_validate(user_config or {}).rollout.model_dump()
 
-    def add(self, entries: dict[Key, VersionTally]) -> dict[str, Any]:
-        """An ingress replica's counts in; the current settings out."""
+    def add(
+        self, entries: dict[Key, VersionTally], usage: dict[str, list[float]] | None = None
+    ) -> tuple[dict[str, Any], dict[str, list[float]]]:
+        """An ingress replica's counts and quota usage in; the rollout settings and the usage
+        totals out."""
         self._tally.merge(entries)
-        return self._settings
+        for name, (requests, images) in (usage or {}).items():
+            total = self._usage.setdefault(name, [0.0, 0.0])
+            total[0] += requests
+            total[1] += images
+        return self._settings, self._usage
 
     def snapshot(self) -> list[dict[str, Any]]:
         return self._tally.summaries()

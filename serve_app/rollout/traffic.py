@@ -13,7 +13,7 @@ import logging
 import random
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from ray.serve.handle import DeploymentHandle
 
@@ -29,6 +29,20 @@ from serve_app.rollout.stats import Tally
 logger = logging.getLogger("ray.serve")
 
 PredictOn = Callable[[Role, bytes], Awaitable[Prediction]]
+
+
+class SharedCounters(Protocol):
+    """Counts an ingress replica shares with the others through the monitor's push."""
+
+    def take_usage(self) -> dict[str, list[float]]: ...
+
+    def give_back(self, usage: dict[str, list[float]]) -> None: ...
+
+    def apply_totals(
+        self, totals: dict[str, list[float]], sent: dict[str, list[float]]
+    ) -> None: ...
+
+
 MONITOR_TIMEOUT_S = 5.0
 
 
@@ -38,10 +52,13 @@ class RolloutTraffic:
         predict_on: PredictOn,
         monitor: DeploymentHandle | None,
         metrics: VersionMetrics | None = None,
+        shared: SharedCounters | None = None,
     ):
+        """shared: other counters that travel with each push (the API keys' quotas)."""
         self._predict_on = predict_on
         self._monitor = monitor
         self._metrics = metrics
+        self._shared = shared
         self.config = RolloutConfig()  # as last read from the monitor
         self._tally = Tally()
         self._versions: dict[str, str] = {}  # role -> version it last answered with
@@ -148,15 +165,22 @@ class RolloutTraffic:
         if self._monitor is None:
             return
         entries = self._tally.take()
+        usage = self._shared.take_usage() if self._shared is not None else {}
         try:
-            settings = await asyncio.wait_for(self._monitor.add.remote(entries), MONITOR_TIMEOUT_S)
+            settings, totals = await asyncio.wait_for(
+                self._monitor.add.remote(entries, usage), MONITOR_TIMEOUT_S
+            )
         except asyncio.TimeoutError:
             logger.warning("rollout monitor did not answer in %.0f s", MONITOR_TIMEOUT_S)
             return
         except Exception as e:
             logger.warning("rollout monitor refused counts (kept for the next push): %s", e)
             self._tally.merge(entries)
+            if self._shared is not None:
+                self._shared.give_back(usage)
             return
+        if self._shared is not None:
+            self._shared.apply_totals(totals, usage)
         if settings != self.config.model_dump():
             self.config = RolloutConfig.model_validate(settings)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -195,7 +196,15 @@ class ServeRun:
     """One `serve run config.yaml` in its own session, as a terminal runs a foreground job:
     Ctrl-C there is SIGINT to the job's process group, which `interrupt()` sends."""
 
-    def __init__(self, config: Path, env: dict[str, str], log: Path, http_port: int):
+    def __init__(
+        self,
+        config: Path,
+        env: dict[str, str],
+        log: Path,
+        http_port: int,
+        ignore_sigint: bool = False,
+    ):
+        """ignore_sigint: as a `serve run ... &` from a non-interactive shell starts."""
         self.config, self.env, self.log_path, self.http_port = config, env, log, http_port
         self.seen: dict[tuple[int, int], Proc] = {}
         self.ports: set[int] = set()
@@ -211,7 +220,7 @@ class ServeRun:
                 # A terminal's foreground job gets Ctrl-C; a pytest started with `&` from a
                 # non-interactive shell passes SIGINT down ignored (the test would then see a
                 # `serve run` that never stops: a fresh clone's run in the background did).
-                preexec_fn=default_sigint,
+                preexec_fn=ignored_sigint if ignore_sigint else default_sigint,
             )
 
     @property
@@ -220,6 +229,13 @@ class ServeRun:
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")[-4000:]
+
+    def dashboard_url(self) -> str:
+        found = re.search(
+            r"View the dashboard at \S*?(http://[\d.]+:\d+)", self.log_path.read_text()
+        )
+        assert found, self.log()
+        return found[1]
 
     def wait_ready(self, timeout: float = 240) -> None:
         def ready() -> bool:
@@ -313,6 +329,10 @@ class ServeRun:
 
 def default_sigint() -> None:
     signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+def ignored_sigint() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def haproxy_config(proc: Proc) -> str:

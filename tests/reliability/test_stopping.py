@@ -12,7 +12,6 @@ orphaned haproxy holding them made the next start fail with "Address already in 
 from __future__ import annotations
 
 import os
-import re
 import signal
 import subprocess
 import time
@@ -35,12 +34,6 @@ from tests.required import skip_unless_ci
 pytestmark = [pytest.mark.serve, pytest.mark.slow]
 
 RAY_BIN = SERVE_BIN.with_name("ray")
-
-
-def dashboard_url(run: ServeRun) -> str:
-    found = re.search(r"View the dashboard at \S*?(http://[\d.]+:\d+)", run.log_path.read_text())
-    assert found, run.log()
-    return found[1]
 
 
 def other_ray_instances(run: ServeRun) -> list[int]:
@@ -66,7 +59,7 @@ def serve_shutdown(run: ServeRun) -> None:
     """`serve shutdown -y`: Serve goes, `serve run` and Ray stay until Ctrl-C."""
     serve_ports = run.serve_ports()
     subprocess.run(
-        [str(SERVE_BIN), "shutdown", "-y", "--address", dashboard_url(run)],
+        [str(SERVE_BIN), "shutdown", "-y", "--address", run.dashboard_url()],
         env={**os.environ, "RAY_AUTH_MODE": "token"},
         check=True,
         timeout=120,
@@ -106,7 +99,37 @@ def sigterm_group_then_force_stop(run: ServeRun) -> None:
     )
 
 
-WAYS = [ctrl_c, sigterm, serve_shutdown, ray_stop, sigterm_group_then_force_stop, sigkill]
+def background_then_ray_stop_force(run: ServeRun) -> None:
+    """`serve run config.yaml &` from a script (SIGINT ignored: Ctrl-C cannot stop it), then
+    `ray stop --force`. Ray's processes go at once; `serve run` itself (a driver) waited for
+    the GCS for 60 s and kept a loopback listener meanwhile (53 s measured); `make serve`'s
+    environment makes it give up after 5 s (Makefile, LOCAL_RAY_ENV)."""
+    others = other_ray_instances(run)
+    if others:
+        skip_unless_ci(
+            f"`ray stop` would also stop the other Ray instances here (GCS pids {others})"
+        )
+    subprocess.run(
+        [str(RAY_BIN), "stop", "--force"],
+        env={**os.environ, "RAY_AUTH_MODE": "token"},
+        timeout=120,
+    )
+    stopped_at = time.monotonic()
+    while run.proc.poll() is None and time.monotonic() - stopped_at < 20:
+        time.sleep(0.5)
+    assert run.proc.poll() is not None, "serve run outlived `ray stop --force` by 20 s"
+
+
+# Ctrl-C: the shipped scenario (tests/reliability/test_shipped.py) ends with it, and checks the same.
+WAYS = [
+    sigterm,
+    serve_shutdown,
+    ray_stop,
+    sigterm_group_then_force_stop,
+    background_then_ray_stop_force,
+    sigkill,
+]
+BACKGROUND = {background_then_ray_stop_force}
 
 
 @pytest.fixture(scope="module")
@@ -121,7 +144,9 @@ def model_uri(tmp_path_factory):
 def test_stopping_leaves_nothing_behind(stop, model_uri, tmp_path):
     port = free_port()
     config = write_config(tmp_path, model_uri, port)
-    run = ServeRun(config, make_serve_env(), tmp_path / "serve.log", port)
+    run = ServeRun(
+        config, make_serve_env(), tmp_path / "serve.log", port, ignore_sigint=stop in BACKGROUND
+    )
     try:
         run.wait_ready()  # also the previous way's "the next start works"
         assert httpx.get(f"{run.url}/-/routes", timeout=10).status_code == 200

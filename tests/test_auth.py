@@ -1,0 +1,179 @@
+"""API keys and per-key quotas (serve_app/ingress/auth.py) on the real service: 401 without a
+key, keys rotated by rewriting the file (no restart), quotas as 429 + Retry-After across two
+ingress replicas, metrics by key name (never the key), the Python client and CLI with a key,
+and the OpenAPI document's security schemes."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from serve_app import keys as key_file
+from tests import images
+from tests.harness import ROOT, deployment, wait_for
+from tests.test_metrics import metrics_url
+
+pytestmark = pytest.mark.serve
+
+JPEG = images.solid()
+
+
+def post(served, key: str | None = None, header: str = "bearer", path: str = "/classify", **kw):
+    headers = {}
+    if key is not None:
+        headers = {"Authorization": f"Bearer {key}"} if header == "bearer" else {"X-API-Key": key}
+    kw.setdefault("files", {"image": ("a.jpg", JPEG, "image/jpeg")})
+    return served.http.post(path, headers=headers, **kw)
+
+
+@pytest.fixture(scope="module")
+def key_path(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("keys") / "keys.yaml"
+
+
+@pytest.fixture
+def keyed(served, key_path):
+    """The app with keys: alice (5 requests/s, 120 images/min), bob (no quota); two ingress
+    replicas (the quotas are shared across them)."""
+    if key_path.exists():
+        key_path.unlink()
+    issued = {
+        "alice": key_file.add(key_path, "alice", rps=5, per_minute=120),
+        "bob": key_file.add(key_path, "bob"),
+    }
+    config = served.base_config()
+    config["applications"][0]["args"]["api_keys_file"] = str(key_path)
+    ingress = deployment(config["applications"][0], "Ingress")
+    ingress["autoscaling_config"].update(min_replicas=2, initial_replicas=2, max_replicas=2)
+    served.deploy_keyed(config, issued["bob"])
+    try:
+        yield issued
+    finally:
+        served.deploy(served.base_config())
+
+
+def test_keys_required_except_on_open_routes(keyed, served):
+    missing = post(served)
+    assert missing.status_code == 401 and missing.json()["error"] == "unauthorized"
+    assert missing.headers["www-authenticate"].startswith("Bearer")
+    wrong = post(served, "not-a-key")
+    assert wrong.status_code == 401 and "not-a-key" not in wrong.text
+    assert post(served, keyed["alice"]).status_code == 200
+    assert post(served, keyed["bob"], header="x-api-key").status_code == 200
+    for path in ("/healthz", "/readyz", "/", "/docs", "/openapi.json"):
+        assert served.http.get(path).status_code == 200, path
+    assert served.http.get("/metadata").status_code == 401
+    doc = served.http.get("/openapi.json").json()
+    assert set(doc["components"]["securitySchemes"]) == {"bearer", "apiKey"}
+    assert doc["paths"]["/classify"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
+    assert {"401", "429"} <= set(doc["paths"]["/classify"]["post"]["responses"])
+    assert "security" not in doc["paths"]["/healthz"]["get"]
+
+
+def test_keys_rotate_without_a_restart(keyed, served, key_path):
+    before = served.client.get_serve_details()["applications"]["face-attributes"]
+    ingress_ids = {r["replica_id"] for r in before["deployments"]["Ingress"]["replicas"]}
+    key_file.remove(key_path, "alice")
+    carol = key_file.add(key_path, "carol")
+    wait_for(
+        lambda: (
+            post(served, keyed["alice"]).status_code == 401
+            and post(served, carol).status_code == 200
+        ),
+        30,
+        "the ingress replicas to read the rewritten file",
+    )
+    for _ in range(6):  # both replicas (HAProxy takes turns), every time
+        assert post(served, keyed["alice"]).status_code == 401
+        assert post(served, carol).status_code == 200
+    after = served.client.get_serve_details()["applications"]["face-attributes"]
+    assert {r["replica_id"] for r in after["deployments"]["Ingress"]["replicas"]} == ingress_ids
+
+
+def test_quotas_answer_429_with_retry_after_across_replicas(keyed, served, figures):
+    """alice: 5 requests/s. 8 clients for 6 s through two ingress replicas: admitted at most
+    what the quota allows plus the bound the design states ((N - 1) x (burst + rate x push
+    interval) with N = 2), the rest 429 with Retry-After; bob's requests meanwhile unaffected."""
+    answers: list[tuple[float, int, str | None]] = []
+    stop = threading.Event()
+
+    def client(key: str) -> None:
+        with httpx.Client(base_url=served.url, timeout=30) as http:
+            while not stop.is_set():
+                r = http.post(
+                    "/classify",
+                    headers={"Authorization": f"Bearer {key}"},
+                    files={"image": ("a.jpg", JPEG, "image/jpeg")},
+                )
+                answers.append((time.monotonic(), r.status_code, r.headers.get("retry-after")))
+
+    time.sleep(1.2)  # alice's buckets full again after the earlier tests
+    threads = [threading.Thread(target=client, args=(keyed["alice"],)) for _ in range(8)]
+    started = time.monotonic()
+    for t in threads:
+        t.start()
+    time.sleep(6)
+    stop.set()
+    for t in threads:
+        t.join()
+    seconds = time.monotonic() - started
+    ok = sum(1 for _, s, _ in answers if s == 200)
+    limited = [(s, r) for _, s, r in answers if s == 429]
+    assert {s for _, s, _ in answers} <= {200, 429}
+    assert limited and all(r and int(r) >= 1 for _, r in limited)
+    allowed = 5 * seconds + 5  # the rate over the window plus one burst
+    bound = (2 - 1) * (5 + 5 * 0.5)
+    figures.update(
+        seconds=round(seconds, 1), admitted=ok, limited=len(limited), allowed=round(allowed, 1),
+        bound=bound, overshoot=round(ok - allowed, 1),
+    )  # fmt: skip
+    assert ok <= allowed + bound, (ok, allowed, bound)
+    assert ok >= 5 * seconds * 0.6  # and the quota is not starved either
+    assert post(served, keyed["bob"]).status_code == 200
+    # The images quota: a batch counts its images (16 > what 120 a minute leaves after the
+    # requests above within a minute... alice's images bucket holds 120: 120 / 16 batches).
+    batch = {"files": [("image", (f"{i}.jpg", JPEG, "image/jpeg")) for i in range(16)]}
+    statuses = []
+    for _ in range(12):
+        time.sleep(0.25)  # under the request quota
+        statuses.append(post(served, keyed["alice"], path="/classify/batch", **batch).status_code)
+    assert 429 in statuses and 200 in statuses, statuses
+    assert statuses.count(200) <= 120 // 16, statuses
+
+
+def test_metrics_count_keys_by_name_never_the_key(keyed, served):
+    post(served)  # a 401
+    post(served, keyed["bob"])
+
+    def exported() -> str | None:
+        text = httpx.get(metrics_url(), timeout=10).text
+        return text if "ray_face_key_requests_total{" in text and 'key="bob"' in text else None
+
+    text = wait_for(exported, 60, "the key metrics exported")
+    assert 'outcome="unauthorized"' in text and 'key="-"' in text
+    assert keyed["bob"] not in text and keyed["alice"] not in text
+
+
+def test_python_client_and_cli_send_the_key(keyed, served, tmp_path):
+    from serve_app.client import Client, Unauthorized
+
+    with Client(served.url, api_key=keyed["bob"]) as client:
+        assert client.classify(JPEG).model.version == "v1"
+    with Client(served.url, api_key="wrong", retries=0) as client, pytest.raises(Unauthorized):
+        client.classify(JPEG)
+    photo = tmp_path / "a.jpg"
+    photo.write_bytes(JPEG)
+    env = {**os.environ, "FACE_API_KEY": keyed["bob"]}
+    done = subprocess.run(
+        [sys.executable, "-m", "serve_app.client", str(photo), "--url", served.url, "--json"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert '"results"' in done.stdout
