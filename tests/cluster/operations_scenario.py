@@ -26,6 +26,8 @@ shared by the phases, which run in this order (default: all):
   it must be a shared file system or a bucket); after the first registered checkpoint, one
   worker's node is lost (as above) mid-epoch; the run resumes from that checkpoint on a
   replacement node, finishes and exports to the model store.
+- ``batch``: ``python -m batch_job`` with its two model actors on two ``gpu-workers`` nodes; one
+  of them lost mid-run; every input written exactly once (tests/cluster/batch_scenario.py).
 
 Each phase's result (or its error) goes under its name in OUT.json; a failed phase does not
 stop the next. Wall-clock times are time.time(); "t" fields are seconds from the phase's
@@ -82,11 +84,15 @@ from local_cluster.cluster import (  # noqa: E402
 )
 from tests import images  # noqa: E402
 from tests.artifacts import write_tiny_artifact  # noqa: E402
+from tests.cluster import batch_scenario  # noqa: E402
 from tests.load import ClosedLoopLoad, summarise  # noqa: E402
 
 APP = "face-attributes"
 MODEL, INGRESS = "FaceAttributeModel", "Ingress"
-PHASES = ("placement", "scale", "model_node_loss", "ingress_node_loss", "cuda_refused", "training")
+PHASES = (
+    "placement", "scale", "model_node_loss", "ingress_node_loss", "cuda_refused", "training",
+    "batch",
+)  # fmt: skip
 AUTO_LOG = "device: auto -> cpu"
 # cluster.yaml says 10 minutes; a test cannot wait that long for a node to go.
 IDLE_TIMEOUT_MINUTES = 0.1
@@ -586,7 +592,7 @@ def main(out_path: str, phases: list[str]) -> None:
         client = ServeSubmissionClient(cluster.dashboard_url)
         port = free_port()
         url = f"http://127.0.0.1:{port}"
-        serving = [p for p in phases if p != "training"]
+        serving = [p for p in phases if p not in ("training", "batch")]
         max_replicas = 2
         if serving:
             deploy(client, app_config(model_uri, port, max_replicas))
@@ -609,6 +615,11 @@ def main(out_path: str, phases: list[str]) -> None:
                 elif phase == "training":
                     result[phase] = {}
                     phase_training(cluster, work, result[phase])
+                elif phase == "batch":
+                    result[phase] = {}
+                    batch_scenario.phase_batch(
+                        cluster, work, result[phase], kill_node, node_types, node_state, wait_for
+                    )
             except Exception as e:
                 partial = result.get(phase) or {}
                 if "output" in partial:
