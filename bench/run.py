@@ -64,7 +64,12 @@ def test_images(workdir: Path) -> dict[str, Path]:
     big = Image.fromarray(np.asarray(face.resize((1920, 1080))) // 2 + noise)
     large = workdir / "photo_1920x1080.jpg"
     big.save(large, "JPEG", quality=90)
-    return {"celeba": small, "photo": large}
+    # One real face in a photo (scikit-image's astronaut, 512x512): /faces against /classify.
+    import skimage.data
+
+    face_photo = workdir / "astronaut_512.jpg"
+    Image.fromarray(skimage.data.astronaut()).save(face_photo, "JPEG", quality=90)
+    return {"celeba": small, "photo": large, "face": face_photo}
 
 
 def wait_ready(url: str, timeout: float, proc: subprocess.Popen) -> None:
@@ -91,12 +96,20 @@ def stop(proc: subprocess.Popen) -> None:
             proc.wait()
 
 
-def load(url: str, image: Path, levels: list[int], seconds: float, server_pid: int) -> list[dict]:
+def load(
+    url: str,
+    image: Path,
+    levels: list[int],
+    seconds: float,
+    server_pid: int,
+    api_key: str | None = None,
+) -> list[dict]:
     rows = []
     for c in levels:
         out = subprocess.run(
             [PY, "-m", "bench.loadgen", "--url", url, "--image", str(image), "--concurrency", str(c),
-             "--seconds", str(seconds), "--server-pid", str(server_pid)],
+             "--seconds", str(seconds), "--server-pid", str(server_pid),
+             *(["--api-key", api_key] if api_key else [])],
             capture_output=True, text=True, check=True, cwd=ROOT,
         )  # fmt: skip
         row = json.loads(out.stdout.strip().splitlines()[-1])
@@ -115,6 +128,8 @@ def serve_config(model_uri: str, port: int, overrides: dict) -> dict:
     app = config["applications"][0]
     model = next(d for d in app["deployments"] if d["name"] == "FaceAttributeModel")
     model["user_config"]["model_uri"] = model_uri
+    detector = next(d for d in app["deployments"] if d["name"] == "FaceDetector")
+    detector["user_config"]["model_uri"] = bench_detector()
     for dotted, value in overrides.items():  # e.g. "FaceAttributeModel.user_config.max_batch_size"
         *path, key = dotted.split(".")
         node = (
@@ -152,15 +167,57 @@ def serving(model_uri: str, overrides: dict, env: dict) -> Iterator[tuple[subpro
             stop(proc)
 
 
+def bench_detector() -> str:
+    """The face detector artifact (python -m train_job.face_detector) in the bench store."""
+    from bench.artifacts import STORE
+    from model_store import DetectorMetadata, load_artifact
+    from model_store.store import ArtifactError
+    from train_job.face_detector import export
+
+    latest = STORE / "face-detector" / "latest"
+    try:
+        load_artifact(str(latest), schema=DetectorMetadata)
+    except ArtifactError:
+        export(str(STORE))
+    return str(latest)
+
+
 def run_serve(
-    model_uri: str, images: dict, levels: list[int], seconds: float, overrides: dict, env: dict
+    model_uri: str,
+    images: dict,
+    levels: list[int],
+    seconds: float,
+    overrides: dict,
+    env: dict,
+    api_key: str | None = None,
+    faces: bool = True,
 ) -> dict:
     with serving(model_uri, overrides, env) as (proc, port):
-        url = f"http://127.0.0.1:{port}/classify"
-        rows = load(url, images["celeba"], levels, seconds, proc.pid)
-        print("    1920x1080 photo:", flush=True)
-        photo = load(url, images["photo"], [1, 8], seconds, proc.pid)
-    return {"celeba": rows, "photo": photo}
+        base = f"http://127.0.0.1:{port}"
+        rows = load(f"{base}/classify", images["celeba"], levels, seconds, proc.pid, api_key)
+        result = {"celeba": rows}
+        if faces:
+            print("    1920x1080 photo:", flush=True)
+            result["photo"] = load(f"{base}/classify", images["photo"], [1, 8], seconds, proc.pid)
+            print("    a one-face photo (512x512): /classify, then /faces", flush=True)
+            face_levels = [1, 8, 32]
+            result["face_classify"] = load(
+                f"{base}/classify", images["face"], face_levels, seconds, proc.pid
+            )
+            result["face_faces"] = load(
+                f"{base}/faces", images["face"], face_levels, seconds, proc.pid
+            )
+    return result
+
+
+def keyed(overrides: dict, workdir: Path) -> tuple[dict, str]:
+    """Overrides that turn API keys on (one key, with a quota no load reaches: its check runs
+    but never refuses), and the key."""
+    from serve_app import keys as key_file
+
+    path = workdir / "keys.yaml"
+    key = key_file.add(path, "bench", rps=1e9, per_minute=10**12)
+    return {**overrides, "args.api_keys_file": str(path)}, key
 
 
 def run_baseline(
@@ -346,6 +403,27 @@ def per_1000(row: dict, role: str) -> float:
     return 1000 * row["server_cpu_s_by_role"].get(role, 0.0) / max(1, ok)
 
 
+def faces_lines(serve: dict) -> list[str]:
+    """/faces against /classify on the same one-face photo, req/s by concurrency."""
+    if "face_faces" not in serve:
+        return []
+    pairs = zip(serve["face_classify"], serve["face_faces"])
+    cells = ", ".join(
+        f"c={c['concurrency']}: {f['throughput_rps']} vs {c['throughput_rps']} req/s "
+        f"({f['throughput_rps'] / c['throughput_rps']:.2f}x), p50 {f['p50_ms']} vs {c['p50_ms']} ms"
+        for c, f in pairs
+    )
+    return [f"One-face photo (512x512), /faces vs /classify: {cells}.\n"]
+
+
+def keys_lines(plain: list[dict], keyed_rows: list[dict]) -> list[str]:
+    cells = ", ".join(
+        f"c={p['concurrency']}: {k['throughput_rps'] / p['throughput_rps']:.3f}x"
+        for p, k in zip(plain, keyed_rows)
+    )
+    return [f"With API keys and a quota / without (throughput): {cells}.\n"]
+
+
 def markdown(results: dict) -> str:
     lines = []
     for name, entry in results["models"].items():
@@ -386,6 +464,9 @@ def markdown(results: dict) -> str:
         lines.append(f"\nSaturated end-to-end / model-only: **{peak / best['images_per_s']:.2f}**, / pipeline: **{peak / limits['pipeline']:.2f}**; "
                      f"p50 at c=1 minus batch-1 latency: **{serve[0]['p50_ms'] - b1:.1f} ms**.\n")  # fmt: skip
         lines += targets(name, serve, limits, systems.get("baseline"))
+        lines += faces_lines(systems["ray-serve"])
+        if "ray-serve-keys" in systems:
+            lines += keys_lines(serve, systems["ray-serve-keys"]["celeba"])
         photo = systems["ray-serve"].get("photo")
         if photo:
             lines.append(
@@ -411,6 +492,11 @@ def main() -> None:
     parser.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                         help="environment for serve run, over serve.env's (NAME= unsets one)")  # fmt: skip
     parser.add_argument("--tag", default="latest")
+    parser.add_argument(
+        "--keys",
+        action="store_true",
+        help="also measure Serve with API keys on (a key with a quota), side by side",
+    )
     parser.add_argument("--no-baseline", action="store_true", help="measure Serve only (A/B runs)")
     parser.add_argument("--baselines", nargs="+", default=["lockfree"], choices=["lockfree", "locked"],
                         help="hand-written servers to measure: lock-free (thread pool) and/or locked")  # fmt: skip
@@ -439,6 +525,12 @@ def main() -> None:
             print(f"== {backbone}: ray-serve (config.yaml)", flush=True)
             serve = run_serve(uri, images, args.levels, args.seconds, overrides, env)
             systems = {"ray-serve": serve}
+            if args.keys:
+                print(f"== {backbone}: ray-serve with API keys and a quota", flush=True)
+                keyed_overrides, key = keyed(overrides, Path(tmp))
+                systems["ray-serve-keys"] = run_serve(
+                    uri, images, args.levels, args.seconds, keyed_overrides, env, key, False
+                )
             for mode in [] if args.no_baseline else args.baselines:
                 for threads in args.baseline_threads:
                     print(f"== {backbone}: baseline ({mode}, {threads} threads)", flush=True)

@@ -17,7 +17,7 @@ import signal
 import sys
 from pathlib import Path
 
-from local_cluster.cluster import ROOT, LocalCluster, scale_serve_config, wait_for
+from local_cluster.cluster import LocalCluster, cluster_app_config, wait_for
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
@@ -26,15 +26,14 @@ IMAGE = "data/synthetic/img_align_celeba/000001.jpg"
 
 
 def demo_config(model_uri: str, port: int) -> dict:
-    import yaml
-
-    config = scale_serve_config(yaml.safe_load((ROOT / "config.gpu.yaml").read_text()))
+    """The cluster's application (local_cluster.cluster_app_config) with the demo's model and
+    the detector beside it in the store, device auto (the fake GPU nodes have no CUDA)."""
+    model = Path(model_uri).resolve()
+    detector = model.parent.parent / "face-detector" / "latest"
+    config = cluster_app_config(str(model), str(detector))
     config["http_options"]["port"] = port
-    app = config["applications"][0]
-    app["args"]["device"] = "auto"
-    for deployment in app["deployments"]:
-        if deployment["name"] == "FaceAttributeModel":
-            deployment["user_config"]["model_uri"] = str(Path(model_uri).resolve())
+    config["applications"][0]["args"]["device"] = "auto"
+    config["applications"][0]["args"]["detector_device"] = "auto"
     return config
 
 

@@ -141,6 +141,23 @@ def local_node_types(
 INGRESS_NODE_SELECTOR = {LABEL_NODE_TYPE: "cpu-workers"}
 
 
+def cluster_app_config(model_uri: str, detector_uri: str | None = None) -> dict:
+    """The cluster's Serve application (the RayService's serveConfigV2: one GPU per model
+    replica, the Ingress on cpu-workers nodes) for this machine's local cluster: on loopback,
+    with these artifacts, and no API keys (the RayService reads them from a Kubernetes Secret)."""
+    service = yaml.safe_load((ROOT / "kuberay" / "rayservice.yaml").read_text())
+    config = yaml.safe_load(service["spec"]["serveConfigV2"])
+    config["http_options"]["host"] = "127.0.0.1"
+    app = config["applications"][0]
+    app["args"].pop("api_keys_file", None)
+    for deployment in app["deployments"]:
+        if deployment["name"] == "FaceAttributeModel":
+            deployment["user_config"]["model_uri"] = model_uri
+        if deployment["name"] == "FaceDetector" and detector_uri:
+            deployment["user_config"]["model_uri"] = detector_uri
+    return scale_serve_config(config)
+
+
 def scale_serve_config(config: dict) -> dict:
     """A Serve config for cluster.yaml's nodes -> the same for the local nodes: every actor's
     num_cpus x CPU_SCALE (num_gpus unchanged), the proxy on the head only (one IP here), and

@@ -22,10 +22,20 @@ class TinyNet(nn.Module):
     and blue of the image, output 3 the red of its top half, so tests steer predictions with
     coloured images (and can see whether EXIF rotation was applied)."""
 
-    def __init__(self, num_labels: int = 40, opposite: bool = False):
+    def __init__(self, num_labels: int = 40, opposite: bool = False, slow: int = 0):
         """opposite: every logit negated (p -> 1 - p): a model that learned the opposite of
-        each attribute, as one trained on scrambled labels can; every decision flips."""
+        each attribute, as one trained on scrambled labels can; every decision flips.
+        slow: that many 3x3 convolutions of 64 channels run on the input and added back times
+        zero: the same answers, a slower forward (tests of the rollout's latency rule)."""
         super().__init__()
+        self.burden = (
+            nn.Sequential(
+                nn.Conv2d(3, 64, 3, padding=1),
+                *[nn.Conv2d(64, 64, 3, padding=1) for _ in range(slow)],
+            )
+            if slow
+            else None
+        )
         self.pool = nn.AdaptiveAvgPool2d((2, 1))  # (N, 3, 2, 1): top and bottom halves
         self.head = nn.Linear(6, num_labels)
         with torch.no_grad():
@@ -40,7 +50,10 @@ class TinyNet(nn.Module):
                 self.head.bias.neg_()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.pool(x).flatten(1))
+        out = self.head(self.pool(x).flatten(1))
+        if self.burden is not None:
+            out = out + 0.0 * self.burden(x).mean()
+        return out
 
 
 def write_tiny_artifact(
@@ -54,10 +67,11 @@ def write_tiny_artifact(
     thresholds: dict[str, float] | None = None,
     metrics: dict | None = None,
     opposite: bool = False,
+    slow: int = 0,
 ) -> LoadedArtifact:
     """``thresholds``: per-label tuned thresholds to store (e.g. tuned_thresholds()); None
     writes an artifact with the single ``threshold`` only, as before tuning existed."""
-    model = TinyNet(len(CELEBA_LABELS), opposite=opposite)
+    model = TinyNet(len(CELEBA_LABELS), opposite=opposite, slow=slow)
     if output_kind == "probabilities":
         model = nn.Sequential(model, nn.Sigmoid())
     example = torch.randn(2, 3, *input_size)

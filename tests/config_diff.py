@@ -27,6 +27,7 @@ GPU_OVERRIDES = frozenset(
 # On the cluster the Ingress stays on cpu-workers nodes (the worker groups' labels); config.gpu.yaml
 # also serves one GPU machine, whose node has no such label, so it cannot say so.
 KUBERAY_OVERRIDES = GPU_OVERRIDES | {
+    "args.api_keys_file",  # on in the cluster: keys from a Secret (off on loopback)
     "FaceAttributeModel.user_config.model_uri",
     "FaceDetector.user_config.model_uri",
     # A cluster's GPU nodes hold one GPU each: half a GPU per model replica spreads them out.

@@ -11,6 +11,7 @@ import os
 import sys
 
 from tests.config_diff import local_serve_env
+from tests.shipped_differences import SHARED_RAY_LOGICAL_CPUS
 
 # `ray job submit -- python ...` runs `python` from the cluster's PATH: make it this venv's.
 os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
@@ -55,7 +56,7 @@ def pytest_terminal_summary(terminalreporter):
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    cluster = RayCluster.start(num_cpus=8)
+    cluster = RayCluster.start(num_cpus=SHARED_RAY_LOGICAL_CPUS)
     yield cluster
     cluster.stop()
 

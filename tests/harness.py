@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import os
 import socket
 import time
 from collections.abc import Callable
@@ -17,6 +18,7 @@ from ray import serve
 
 ROOT = Path(__file__).resolve().parents[1]
 APP_NAME = "face-attributes"
+INGRESS_DRAIN_ENV = "RAY_SERVE_DIRECT_INGRESS_MIN_DRAINING_PERIOD_S"
 
 
 def free_port() -> int:
@@ -56,8 +58,26 @@ class RayCluster:
 
     @classmethod
     def start(cls, num_cpus: int) -> RayCluster:
+        """The session's shared Ray, with tests/shipped_differences.py's one change of a Ray
+        setting (in the environment its processes start with, not this process's: a `serve
+        run` or a cluster a test starts later runs with Ray's defaults)."""
+        from tests.shipped_differences import INGRESS_DRAIN_S
+
         dashboard_port = free_port()
-        ctx = ray.init(
+        before = os.environ.get(INGRESS_DRAIN_ENV)
+        os.environ[INGRESS_DRAIN_ENV] = str(INGRESS_DRAIN_S)
+        try:
+            ctx = cls._init(num_cpus, dashboard_port)
+        finally:
+            if before is None:
+                os.environ.pop(INGRESS_DRAIN_ENV, None)
+            else:
+                os.environ[INGRESS_DRAIN_ENV] = before
+        return cls(ray.get_runtime_context().gcs_address, f"http://{ctx.dashboard_url}")
+
+    @staticmethod
+    def _init(num_cpus: int, dashboard_port: int):
+        return ray.init(
             num_cpus=num_cpus,  # more logical CPUs than cores: replicas ask for fractions
             include_dashboard=True,
             dashboard_host="127.0.0.1",
@@ -66,7 +86,6 @@ class RayCluster:
             # Export metrics every 2 s instead of 10 s so metric tests do not wait long.
             _system_config={"metrics_report_interval_ms": 2000},
         )
-        return cls(ray.get_runtime_context().gcs_address, f"http://{ctx.dashboard_url}")
 
     def stop(self) -> None:
         ray.shutdown()

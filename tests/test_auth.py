@@ -10,6 +10,7 @@ import subprocess
 import sys
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
@@ -38,25 +39,32 @@ def key_path(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("keys") / "keys.yaml"
 
 
-@pytest.fixture
-def keyed(served, key_path):
-    """The app with keys: alice (5 requests/s, 120 images/min), bob (no quota); two ingress
-    replicas (the quotas are shared across them)."""
+@pytest.fixture(scope="module")
+def keyed(serve_testbed, key_path):
+    """The app with keys, once for the module (a change of args rebuilds the app: ~40 s):
+    alice (5 requests/s, 120 images/min), bob (no quota); two ingress replicas (the quotas are
+    shared across them). The tests use ``served`` = this testbed, not the per-test baseline."""
     if key_path.exists():
         key_path.unlink()
     issued = {
         "alice": key_file.add(key_path, "alice", rps=5, per_minute=120),
         "bob": key_file.add(key_path, "bob"),
     }
-    config = served.base_config()
+    config = serve_testbed.base_config()
     config["applications"][0]["args"]["api_keys_file"] = str(key_path)
     ingress = deployment(config["applications"][0], "Ingress")
     ingress["autoscaling_config"].update(min_replicas=2, initial_replicas=2, max_replicas=2)
-    served.deploy_keyed(config, issued["bob"])
+    serve_testbed.deploy_keyed(config, issued["bob"])
     try:
         yield issued
     finally:
-        served.deploy(served.base_config())
+        serve_testbed.deploy(serve_testbed.base_config())
+
+
+@pytest.fixture
+def served(keyed, serve_testbed):
+    """Here: the keyed app (the conftest's ``served`` would redeploy the baseline)."""
+    return serve_testbed
 
 
 def test_keys_required_except_on_open_routes(keyed, served):
@@ -75,26 +83,6 @@ def test_keys_required_except_on_open_routes(keyed, served):
     assert doc["paths"]["/classify"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
     assert {"401", "429"} <= set(doc["paths"]["/classify"]["post"]["responses"])
     assert "security" not in doc["paths"]["/healthz"]["get"]
-
-
-def test_keys_rotate_without_a_restart(keyed, served, key_path):
-    before = served.client.get_serve_details()["applications"]["face-attributes"]
-    ingress_ids = {r["replica_id"] for r in before["deployments"]["Ingress"]["replicas"]}
-    key_file.remove(key_path, "alice")
-    carol = key_file.add(key_path, "carol")
-    wait_for(
-        lambda: (
-            post(served, keyed["alice"]).status_code == 401
-            and post(served, carol).status_code == 200
-        ),
-        30,
-        "the ingress replicas to read the rewritten file",
-    )
-    for _ in range(6):  # both replicas (HAProxy takes turns), every time
-        assert post(served, keyed["alice"]).status_code == 401
-        assert post(served, carol).status_code == 200
-    after = served.client.get_serve_details()["applications"]["face-attributes"]
-    assert {r["replica_id"] for r in after["deployments"]["Ingress"]["replicas"]} == ingress_ids
 
 
 def test_quotas_answer_429_with_retry_after_across_replicas(keyed, served, figures):
@@ -177,3 +165,140 @@ def test_python_client_and_cli_send_the_key(keyed, served, tmp_path):
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert '"results"' in done.stdout
+
+
+# ---- no trace of a face or a key ---------------------------------------------------------------
+
+
+def marked_images(marker: bytes) -> dict[str, bytes]:
+    """Images (and non-images) carrying ``marker`` in their bytes: a JPEG comment, a PNG text
+    chunk, undecodable bytes, a truncated JPEG."""
+    import io
+
+    from PIL import Image, PngImagePlugin
+
+    from tests.test_faces import ASTRONAUT_CROP, astronaut
+
+    def save(image, fmt: str, **params) -> bytes:
+        buffer = io.BytesIO()
+        image.save(buffer, fmt, **params)
+        return buffer.getvalue()
+
+    info = PngImagePlugin.PngInfo()
+    info.add_text("note", marker.decode())
+    face = astronaut().crop(ASTRONAUT_CROP)
+    jpeg = save(face, "JPEG", comment=marker)
+    return {
+        "jpeg": jpeg,
+        "png": save(Image.new("RGB", (64, 64), (10, 200, 10)), "PNG", pnginfo=info),
+        "junk": marker * 40,
+        "truncated": jpeg[: len(jpeg) // 2] + marker,
+    }
+
+
+def files_holding(marker: bytes, roots: list[Path], since: float, skip: tuple[Path, ...]) -> list:
+    """Regular files under ``roots`` written since ``since`` whose bytes hold ``marker``."""
+    found = []
+    for root in roots:
+        for path in root.rglob("*"):
+            try:
+                if any(path.is_relative_to(s) for s in skip) or not path.is_file():
+                    continue
+                if path.stat().st_mtime < since or path.stat().st_size > 256 * 1024 * 1024:
+                    continue
+                if marker in path.read_bytes():
+                    found.append(str(path))
+            except OSError:
+                continue  # gone meanwhile, or a socket
+    return found
+
+
+def test_no_trace_of_a_face_or_a_key_in_logs_metrics_errors_or_temp_files(
+    keyed, served, tmp_path, tmp_path_factory
+):
+    """Marked images through every route and error path, a marked key, and a model replica
+    killed with marked images in flight; then Ray's logs of this session (every component's,
+    workers' stdout/stderr, Serve's access logs), the metrics and every file written under
+    the temp directories since: none holds the marker (nor the key)."""
+    import secrets
+    import signal
+    import tempfile
+
+    import ray
+
+    from tests.reliability.helpers import replica_pids
+
+    marker = f"FACEMARK{secrets.token_hex(12)}".encode()
+    fake_key = f"KEYMARK{secrets.token_hex(12)}"
+    started = time.time() - 1
+    marked = marked_images(marker)
+    auth = {"Authorization": f"Bearer {keyed['bob']}"}
+
+    def send(path: str, files=None, content=None, headers=None, **params):
+        return served.http.post(
+            path, files=files, content=content, headers={**auth, **(headers or {})}, params=params
+        )
+
+    answers = [
+        send("/classify", {"image": ("face.jpg", marked["jpeg"], "image/jpeg")}),
+        send("/classify/batch", [("image", (n, data, "image/png")) for n, data in marked.items()]),
+        send("/faces", {"image": ("face.jpg", marked["jpeg"], "image/jpeg")}),
+        send("/explain", {"image": ("face.jpg", marked["jpeg"], "image/jpeg")}, grid=2),
+        send("/classify", content=marked["junk"], headers={"Content-Type": "image/jpeg"}),
+        send("/classify", content=marked["truncated"], headers={"Content-Type": "image/jpeg"}),
+        send("/faces", content=marked["junk"], headers={"Content-Type": "image/png"}),
+        send("/classify", content=b"--x\r\n" + marker, headers={"Content-Type": "multipart/form-data; boundary=x"}),
+        send("/classify", content=marker * 10, headers={"Content-Type": "text/plain"}),
+        send("/classify", content=marker * (1024 * 1024 // len(marker) + 2), headers={"Content-Type": "image/jpeg"}),
+        served.http.post("/classify", files={"image": ("f.jpg", marked["jpeg"])}, headers={"Authorization": f"Bearer {fake_key}"}),
+        served.http.post("/classify", files={"image": ("f.jpg", marked["jpeg"])}, headers={"X-API-Key": fake_key}),
+    ]  # fmt: skip
+    statuses = [a.status_code for a in answers]
+    assert statuses == [200, 200, 200, 200, 400, 400, 400, 422, 415, 413, 401, 401], statuses
+    assert not any(marker in a.content or fake_key.encode() in a.content for a in answers)
+
+    # A model replica lost with marked images in flight (its ingress logs what failed).
+    (pid,) = replica_pids(served)["FaceAttributeModel"]
+    with ThreadPoolExecutor(8) as pool:
+        flying = [
+            pool.submit(send, "/classify", {"image": ("f.jpg", marked["jpeg"], "image/jpeg")})
+            for _ in range(16)
+        ]
+        time.sleep(0.2)
+        os.kill(pid, signal.SIGKILL)
+        assert {f.result().status_code for f in flying} <= {200, 503}
+    wait_for(
+        lambda: replica_pids(served)["FaceAttributeModel"] not in ([], [pid]), 60, "a new replica"
+    )
+
+    metrics = httpx.get(metrics_url(), timeout=10).content
+    assert marker not in metrics and fake_key.encode() not in metrics
+    session = Path(ray._private.worker._global_node.get_session_dir_path())
+    time.sleep(2)  # log lines in Ray's buffers reach their files
+    roots = [session, Path(tempfile.gettempdir()), Path("/dev/shm")]
+    own = (tmp_path_factory.getbasetemp(), ROOT)  # the test's own files
+    for needle in (marker, fake_key.encode(), keyed["bob"].encode()):
+        assert files_holding(needle, roots, started, own) == [], needle[:8]
+    log_files = [p for p in (session / "logs").rglob("*") if p.is_file()]
+    assert len(log_files) > 10  # the search saw Ray's logs
+
+
+def test_keys_rotate_without_a_restart(keyed, served, key_path):
+    """Last in the module: it revokes alice."""
+    before = served.client.get_serve_details()["applications"]["face-attributes"]
+    ingress_ids = {r["replica_id"] for r in before["deployments"]["Ingress"]["replicas"]}
+    key_file.remove(key_path, "alice")
+    carol = key_file.add(key_path, "carol")
+    wait_for(
+        lambda: (
+            post(served, keyed["alice"]).status_code == 401
+            and post(served, carol).status_code == 200
+        ),
+        30,
+        "the ingress replicas to read the rewritten file",
+    )
+    for _ in range(6):  # both replicas (HAProxy takes turns), every time
+        assert post(served, keyed["alice"]).status_code == 401
+        assert post(served, carol).status_code == 200
+    after = served.client.get_serve_details()["applications"]["face-attributes"]
+    assert {r["replica_id"] for r in after["deployments"]["Ingress"]["replicas"]} == ingress_ids

@@ -164,6 +164,20 @@ def test_the_clients_types_are_the_apis_own_and_every_error_code_has_its_class()
 # ---- retries (scripted server) ---------------------------------------------------------------
 
 
+def test_a_429_is_retried_after_its_retry_after_then_raises_rate_limited(stub_with):
+    """A key over its quota: wait as asked (it is "come back later", as a 503), and once the
+    budget is spent raise RateLimited saying how long the server asked for."""
+    stub = stub_with(scripted(error(429, "rate_limited", "1"), ok()))
+    with api.Client(stub.url, retries=3, max_retry_wait_s=10) as client:
+        assert client.classify(images.solid()).model.version == "s1"
+    assert len(stub.seen) == 2 and 0.95 <= gaps(stub.seen)[0] < 1.6
+    stub = stub_with(scripted(*[error(429, "rate_limited", "1")] * 3))
+    client = api.Client(stub.url, retries=1, max_retry_wait_s=10)
+    with client, pytest.raises(api.RateLimited) as raised:
+        client.classify(images.solid())
+    assert raised.value.retry_after == 1 and raised.value.status == 429
+
+
 def test_waits_retry_after_between_503s(stub_with):
     stub = stub_with(scripted(error(503, "overloaded", "1"), error(503, "overloaded", "1"), ok()))
     with api.Client(stub.url, retries=3, max_retry_wait_s=10) as client:
@@ -220,7 +234,8 @@ def test_overloaded_when_retries_run_out(stub_with):
         (422, "unknown_attribute", api.UnknownAttribute),
         (422, "invalid_query", api.InvalidQuery),
         (422, "missing_image", api.MissingImage),
-        (429, "some_new_code", api.ApiError),
+        (401, "unauthorized", api.Unauthorized),
+        (418, "some_new_code", api.ApiError),
     ],
 )
 def test_a_4xx_raises_its_class_and_is_never_retried(stub_with, status, code, expected):

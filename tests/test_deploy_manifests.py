@@ -291,3 +291,28 @@ def test_serve_env_is_the_same_everywhere():
         for container in group["template"]["spec"]["containers"]:
             found = {e["name"]: e["value"] for e in container.get("env", [])}
             assert {k: found.get(k) for k in env} == env, container["name"]
+
+
+def test_the_rayservice_needs_api_keys_from_a_mounted_secret():
+    """Keys on in the cluster (off on loopback in config.yaml): args.api_keys_file names a file
+    of the Secret face-attributes-api-keys, mounted read-only where an Ingress can run."""
+    import posixpath
+
+    service = yaml.safe_load((ROOT / "kuberay" / "rayservice.yaml").read_text())
+    app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
+    path = app["args"]["api_keys_file"]
+    cluster = service["spec"]["rayClusterConfig"]
+    ingress_groups = [cluster["headGroupSpec"]] + [
+        g for g in cluster["workerGroupSpecs"]
+        if g.get("labels", {}).get("face-attributes/node-type") == "cpu-workers"
+    ]  # fmt: skip
+    for group in ingress_groups:
+        pod = group["template"]["spec"]
+        secret = next(v for v in pod["volumes"] if v.get("secret"))
+        assert secret["secret"]["secretName"] == "face-attributes-api-keys"
+        mount = next(
+            m for c in pod["containers"] for m in c["volumeMounts"] if m["name"] == secret["name"]
+        )
+        assert mount["mountPath"] == posixpath.dirname(path) and mount["readOnly"]
+    local = yaml.safe_load((ROOT / "config.yaml").read_text())["applications"][0]
+    assert "api_keys_file" not in local["args"]  # off on loopback

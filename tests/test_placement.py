@@ -1,14 +1,12 @@
 """Every shipped Serve config can place the replica counts it documents on the machines the docs
 name (tests/placement.py): the 2-core box of `make demo` (config.yaml), one GPU machine
-(config.gpu.yaml), the `ray up` cluster (cluster.yaml's node types, config.gpu.yaml with the
-Ingress label the docs tell it to add) and the RayService's worker groups (its serveConfigV2).
+(config.gpu.yaml), and the cluster's application (the RayService's serveConfigV2, which `ray up`
+deploys too) on cluster.yaml's node types and on the RayService's worker groups.
 
 The old config.yaml failed here as it failed a user: Ingress 0.5 + model 1.0 CPU left 0.5 on two
 cores, so the second model replica and a rollout's candidate (1.0 each) waited forever."""
 
 from __future__ import annotations
-
-import copy
 
 import pytest
 import yaml
@@ -65,19 +63,12 @@ def rayservice_nodes() -> list[NodeType]:
     return [head, *groups]
 
 
-def with_ingress_label(config: dict) -> dict:
-    """config.gpu.yaml as docs/deploy.md tells a `ray up` cluster to deploy it."""
-    config = copy.deepcopy(config)
-    options = deployment(app_of(config), "Ingress").setdefault("ray_actor_options", {})
-    options["label_selector"] = dict(INGRESS_LABEL)
-    return config
-
-
 CASES = {
     "config.yaml on the 2-core box": (lambda: load("config.yaml"), TWO_CORE_BOX),
     "config.gpu.yaml on one GPU machine": (lambda: load("config.gpu.yaml"), GPU_MACHINE),
-    "config.gpu.yaml on the ray up cluster": (
-        lambda: with_ingress_label(load("config.gpu.yaml")),
+    # `ray up cluster.yaml` serves the cluster's application: the RayService's (docs/deploy.md).
+    "the cluster's application on cluster.yaml's node types": (
+        lambda: yaml.safe_load(rayservice()["spec"]["serveConfigV2"]),
         cluster_yaml_nodes(),
     ),
     "the RayService": (

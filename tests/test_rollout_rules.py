@@ -131,6 +131,10 @@ def verdict_of(**candidate):
 def test_verdicts():
     assert verdict_of().outcome == "pass"
     assert verdict_of(requests=100, compared=100).outcome == "wait"
+    # Enough answers, but not yet min_service_images pass times in any batch size: wait (a
+    # step is never passed without its latency judged).
+    few = [{"batch": "1", "images": 5, "p50_ms": 4.0, "p99_ms": 6.0}]
+    assert verdict_of(service=few).outcome == "wait"
     # errors over the allowed share of min_requests fail at once, before enough traffic
     early = verdict_of(requests=10, compared=5, errors=3)
     assert early.outcome == "fail" and "failed 3 of 10" in early.reasons[0]
@@ -148,6 +152,12 @@ def test_verdicts():
     # judged slower, and 2x of a 1 ms pass is within the absolute slack.
     other_sizes = [{"batch": "17-32", "images": 300, "p50_ms": 60.0, "p99_ms": 90.0}]
     assert verdict_of(service=other_sizes).outcome == "pass"
+    # ...whereas a slow candidate whose copies pile up into big batches is judged per image:
+    # 2 s for up to 32 images is 62 ms each, against the stable's 6 ms each (30 ms for 5-8).
+    piled_up = [{"batch": "17-32", "images": 300, "p50_ms": 1500.0, "p99_ms": 2000.0}]
+    assert verdict_of(service=piled_up).outcome == "fail"
+    small = [{"batch": "2", "images": 300, "p50_ms": 5.0, "p99_ms": 7.0}]  # a canary's share
+    assert verdict_of(service=small).outcome == "pass"  # pass for pass vs the stable's 5-8
     tiny = [{"batch": "1", "images": 100, "p50_ms": 1.0, "p99_ms": 2.0}]
     stable_tiny = [{"batch": "1", "images": 100, "p50_ms": 0.5, "p99_ms": 1.0}]
     rows = entries(service=tiny)

@@ -230,11 +230,7 @@ class Rollout:
                 if running == 0:
                     verdict = Verdict("fail", (f"the candidate has no running replica ({status})",))
                 elif time.monotonic() > deadline:
-                    verdict = Verdict(
-                        "fail",
-                        (f"only {cand.requests} answers / {cand.compared} comparisons in "
-                         f"{self.args.step_timeout:.0f} s (need {self.policy.min_requests})",),
-                    )  # fmt: skip
+                    verdict = Verdict("fail", (self._short_of(cand),))
             if verdict.outcome != "wait":
                 self.say(f"  candidate {version}: {cand.line()}")
                 self.say(f"  stable: {stable.line()}")
@@ -254,6 +250,16 @@ class Rollout:
                 last_print = time.monotonic()
                 self.say(f"  ... {cand.requests} answers, {cand.compared} compared")
             time.sleep(self.args.poll_s)
+
+    def _short_of(self, cand: StepFigures) -> str:
+        """Why a step timed out still waiting."""
+        need, took = self.policy.min_requests, f"{self.args.step_timeout:.0f} s"
+        if cand.requests < need or cand.compared < need:
+            return f"only {cand.requests} answers / {cand.compared} comparisons in {took} (need {need})"
+        return (
+            f"no batch size had {self.policy.min_service_images} pass times of both versions "
+            f"in {took}: the latency rule could not judge"
+        )
 
     def _step_live(self, label: str) -> bool:
         """Three answers in a row from ingress replicas running the step, and a candidate

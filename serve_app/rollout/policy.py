@@ -98,15 +98,44 @@ class ServiceComparison:
         )
 
 
+def bucket_range(label: str) -> tuple[int, int]:
+    """ "3-4" -> (3, 4); "1" -> (1, 1); "513-" -> (513, 513)."""
+    low, _, high = label.partition("-")
+    return int(low), int(high or low)
+
+
 def compare_service(
     candidate: StepFigures, stable: StepFigures, min_images: int
 ) -> ServiceComparison | None:
-    """None until some batch bucket has min_images images on both sides."""
+    """The candidate's p99 pass times against the stable's, over the batch buckets where each
+    has min_images images; None until there are such buckets on both sides.
+
+    Equal buckets compare pass for pass. A candidate bucket the stable did not run is compared
+    with the stable's nearest one, the way that favours the candidate: per pass when the
+    candidate's batches are smaller (a smaller batch takes less), per image when they are larger
+    (its time over its largest batch size against the stable's over its smallest), so batch
+    sizes alone never fail a healthy candidate (a canary's small share runs small batches; a
+    slow candidate's shadow copies pile up into large ones)."""
+    stable_rows = {b: p99 for b, (n, p99) in stable.service.items() if n >= min_images and p99}
+    if not stable_rows:
+        return None
     rows = []
     for bucket, (c_images, c_p99) in candidate.service.items():
-        s_images, s_p99 = stable.service.get(bucket, (0, None))
-        if min(c_images, s_images) >= min_images and c_p99 and s_p99:
-            rows.append((bucket, min(c_images, s_images), c_p99, s_p99))
+        if c_images < min_images or not c_p99:
+            continue
+        c_low, c_high = bucket_range(bucket)
+        s_bucket = (
+            bucket
+            if bucket in stable_rows
+            else min(stable_rows, key=lambda b: abs(bucket_range(b)[0] - c_low))
+        )
+        s_p99, s_low = stable_rows[s_bucket], bucket_range(s_bucket)[0]
+        if s_bucket == bucket or c_high <= s_low:  # equal or smaller batches: pass for pass
+            c_time, s_time = c_p99, s_p99
+        else:  # larger batches: per image
+            c_time, s_time = c_p99 / c_high, s_p99 / s_low
+        shown = bucket if s_bucket == bucket else f"{bucket} vs {s_bucket}"
+        rows.append((shown, min(c_images, stable.service[s_bucket][0]), c_time, s_time))
     if not rows:
         return None
     weight = sum(w for _, w, _, _ in rows)
@@ -144,6 +173,8 @@ def judge(candidate: StepFigures, stable: StepFigures, policy: Policy) -> Verdic
             else "no decisions compared"
         )
     service = compare_service(candidate, stable, policy.min_service_images)
+    if service is None and not reasons:
+        return Verdict("wait")  # the pass times, once enough of them came, judge it too
     slower = service is not None and service.ratio > policy.max_p99_ratio
     if slower and service.excess_ms > policy.p99_slack_ms:
         reasons.append(

@@ -6,7 +6,8 @@ items 2-5).
 Run as a script (its own Ray: a LocalCluster, not the test session's). One cluster start is
 shared by the phases, which run in this order (default: all):
 
-- ``placement``: config.gpu.yaml (num_gpus as shipped, device: auto) serves a real request;
+- ``placement``: the cluster's application (the RayService's: num_gpus as shipped, device: auto)
+  serves a real request;
   where Serve's replicas run, read from Serve's details and checked against Ray's own record
   of each actor, and the model replicas' "device: auto -> cpu" log lines (fake GPU nodes:
   torch sees no CUDA).
@@ -69,7 +70,6 @@ for _name, _value in serve_env().items():
 
 import httpx  # noqa: E402
 import ray  # noqa: E402
-import yaml  # noqa: E402
 from ray import serve  # noqa: E402
 from ray.dashboard.modules.serve.sdk import ServeSubmissionClient  # noqa: E402
 from ray.util.state import list_actors, list_nodes  # noqa: E402
@@ -77,15 +77,16 @@ from ray.util.state import list_actors, list_nodes  # noqa: E402
 from local_cluster.cluster import (  # noqa: E402
     LABEL_NODE_TYPE,
     LocalCluster,
+    cluster_app_config,
     free_port,
     pids_naming,
-    scale_serve_config,
     wait_for,
 )
 from tests import images  # noqa: E402
 from tests.artifacts import write_tiny_artifact  # noqa: E402
 from tests.cluster import batch_scenario  # noqa: E402
 from tests.load import ClosedLoopLoad, summarise  # noqa: E402
+from train_job.face_detector import export as export_detector  # noqa: E402
 
 APP = "face-attributes"
 MODEL, INGRESS = "FaceAttributeModel", "Ingress"
@@ -236,9 +237,12 @@ def first_served(temp_dir: str, replica_id: str) -> float | None:
 
 
 def app_config(model_uri: str, port: int, model_max_replicas: int) -> dict:
-    """config.gpu.yaml on the local nodes (scale_serve_config), device: auto, short autoscaling
-    delays; one Ingress replica (the ingress node-loss phase needs it to be the only one)."""
-    config = scale_serve_config(yaml.safe_load((ROOT / "config.gpu.yaml").read_text()))
+    """The cluster's application (the RayService's, local_cluster.cluster_app_config) on the
+    local nodes, device: auto, short autoscaling delays; one Ingress replica (the ingress
+    node-loss phase needs it to be the only one)."""
+    config = cluster_app_config(
+        model_uri, str(Path(model_uri).parents[1] / "face-detector" / "latest")
+    )
     config["http_options"]["port"] = port
     app = config["applications"][0]
     app["args"]["device"] = "auto"
@@ -581,6 +585,7 @@ def main(out_path: str, phases: list[str]) -> None:
     result: dict = {"phases": phases, "timings_s": {}}
     work = Path(tempfile.mkdtemp(prefix="lc-ops-"))
     write_tiny_artifact(str(work / "store"), version="v1")
+    export_detector(str(work / "store"), version="mtcnn-1")
     model_uri = str(work / "store" / APP / "v1")
     cluster = LocalCluster(max_workers=MAX_WORKERS, idle_timeout_minutes=IDLE_TIMEOUT_MINUTES)
     cluster.start()

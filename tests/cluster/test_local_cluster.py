@@ -79,8 +79,10 @@ def test_helper_refuses_a_type_without_stated_resources(tmp_path):
 
 
 def test_helper_refuses_a_cap_above_cluster_yaml():
+    _, types = load_node_types()
+    above = types["gpu-workers"]["max_workers"] + 1
     with pytest.raises(ValueError, match="max_workers"):
-        local_node_types(max_workers={"gpu-workers": 5})
+        local_node_types(max_workers={"gpu-workers": above})
 
 
 def test_helper_refuses_cpus_that_do_not_scale_to_whole_numbers(tmp_path):

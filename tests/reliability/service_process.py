@@ -27,7 +27,7 @@ from pathlib import Path
 import httpx
 import yaml
 
-from tests.harness import ROOT, deployment, wait_for
+from tests.harness import INGRESS_DRAIN_ENV, ROOT, deployment, wait_for
 
 SERVE_BIN = Path(sys.executable).with_name("serve")
 HAPROXY_DIR = Path("/tmp/haproxy-serve")  # Ray's default for its config and admin socket
@@ -213,7 +213,7 @@ class ServeRun:
             self.proc = subprocess.Popen(
                 [str(SERVE_BIN), "run", str(config)],
                 cwd=ROOT,
-                env={**os.environ, **env, "PYTHONUNBUFFERED": "1"},
+                env={**shipped_environ(), **env, "PYTHONUNBUFFERED": "1"},
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -325,6 +325,12 @@ class ServeRun:
         if self.proc.poll() is None:
             self.proc.kill()
         self.proc.wait(timeout=30)
+
+
+def shipped_environ() -> dict[str, str]:
+    """This process's environment without what the shared test Ray alone sets
+    (tests/shipped_differences.py): a `serve run` here runs as a user's would."""
+    return {k: v for k, v in os.environ.items() if k != INGRESS_DRAIN_ENV}
 
 
 def default_sigint() -> None:
