@@ -30,7 +30,8 @@ KUBERAY_OVERRIDES = GPU_OVERRIDES | {
     "args.api_keys_file",  # on in the cluster: keys from a Secret (off on loopback)
     "FaceAttributeModel.user_config.model_uri",
     "FaceDetector.user_config.model_uri",
-    # A cluster's GPU nodes hold one GPU each: half a GPU per model replica spreads them out.
+    # A cluster's GPU nodes hold one GPU each: a whole one per model replica, half for the
+    # detector (config.gpu.yaml's quarters are for one GPU machine).
     "FaceAttributeModel.ray_actor_options.num_gpus",
     "CandidateModel.ray_actor_options.num_gpus",
     "FaceDetector.ray_actor_options.num_gpus",

@@ -357,9 +357,11 @@ def phase_cuda_refused(client: ServeSubmissionClient, model_uri: str, port: int)
 
 
 def phase_scale(cluster: LocalCluster, client: ServeSubmissionClient, url: str) -> dict:
-    """Model replicas 1 -> 2 -> 1 and gpu-workers nodes 1 -> 2 -> 1, as a timeline."""
-    (first_node,) = alive_of_type("gpu-workers")
+    """Model replicas 1 -> 2 -> 1 and gpu-workers nodes n -> n + 1 -> n, as a timeline (n: the
+    model replica's node and the face detector's, which holds half a GPU)."""
     (first_replica,) = running(client, MODEL)
+    first_node = first_replica["node_id"]
+    before = alive_of_type("gpu-workers")
 
     def new_replica() -> dict | None:
         return next(
@@ -368,7 +370,7 @@ def phase_scale(cluster: LocalCluster, client: ServeSubmissionClient, url: str) 
         )
 
     def new_node() -> str | None:
-        return next(iter(alive_of_type("gpu-workers") - {first_node}), None)
+        return next(iter(alive_of_type("gpu-workers") - before), None)
 
     def new_replica_running() -> dict | None:
         r = new_replica()
@@ -394,7 +396,7 @@ def phase_scale(cluster: LocalCluster, client: ServeSubmissionClient, url: str) 
             lambda: len(replicas(client, MODEL)) == 1 and now(), 120, "scale-down to one replica"
         )
         node_removed = wait_for(
-            lambda: len(alive_of_type("gpu-workers")) == 1 and now(), 120, "the idle node removed"
+            lambda: alive_of_type("gpu-workers") <= before and now(), 120, "the idle node removed"
         )
     t0 = load.started_at
     events = {
@@ -411,7 +413,8 @@ def phase_scale(cluster: LocalCluster, client: ServeSubmissionClient, url: str) 
         "timeline_s": {k: round(v - t0, 1) for k, v in sorted(events.items(), key=lambda e: e[1])},
         "first_node": first_node,
         "new_replica_node": timeline.notes["replica_ready"],
-        "new_node": next(iter(gpu_nodes - {first_node}), None),
+        "new_node": next(iter(gpu_nodes - before), None),
+        "gpu_nodes_before": sorted(before),
         "gpu_nodes_seen": sorted(gpu_nodes),
         "load": summarise(load.answers, t0) | {"failures": None},
         "poll_errors": timeline.errors[:5],
