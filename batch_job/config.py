@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 from batch_job.inputs import IMAGE_EXTENSIONS
 from serve_app.api.schema import FacesQuery
-from serve_app.config import AppArgs
+from serve_app.config import AppArgs, ModelConfig
 
 
 def _default(model, name: str):
@@ -28,8 +28,10 @@ class BatchConfig:
     actor_cpus: float = 1.0
     min_actors: int = 1
     max_actors: int | None = None  # None: batch_job.job.pool_sizes
-    decode_cpus: float = 1.0
+    decode_on: str = "auto"  # actor | tasks | auto: tasks with GPUs, the actor without
+    decode_cpus: float = 1.0  # per decode task (decode_on: tasks)
     batch_size: int = 64
+    forward_batch_size: int | None = None  # None: serving's max_batch_size on CPU, else batch_size
     max_image_pixels: int = _default(AppArgs, "max_image_pixels")
     trusted_public_key: str | None = None
     faces: bool = False
@@ -68,12 +70,20 @@ def build_parser() -> argparse.ArgumentParser:
                    help="CPUs per model actor; its torch threads (default %(default)s)")  # fmt: skip
     p.add_argument("--min-actors", type=int, default=d.min_actors)
     p.add_argument("--max-actors", type=int, default=None,
-                   help="model actors at most (default: one per GPU share; without GPUs, half "
-                   "the cluster's CPUs' worth)")  # fmt: skip
+                   help="model actors at most (default: one per GPU share; without GPUs, as "
+                   "many as the cluster's CPUs hold)")  # fmt: skip
+    p.add_argument("--decode-on", choices=("auto", "actor", "tasks"), default=d.decode_on,
+                   help="actor: each model actor decodes its own images; tasks: Ray Data "
+                   "tasks decode on any node's CPUs and pixels travel to the actors; auto "
+                   "(default): tasks when the model actors have GPUs, else actor")  # fmt: skip
     p.add_argument("--decode-cpus", type=float, default=d.decode_cpus,
-                   help="CPUs per decode task (default %(default)s)")  # fmt: skip
+                   help="CPUs per decode task with --decode-on tasks (default %(default)s)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="images per decode task call and per forward pass")  # fmt: skip
+                   help="images per Ray Data batch: per decode call, model actor call and "
+                   "output file (default %(default)s)")  # fmt: skip
+    p.add_argument("--forward-batch-size", type=int, default=None,
+                   help="images per forward pass (default: on CPU serving's max_batch_size, "
+                   f"{_default(ModelConfig, 'max_batch_size')}; on a GPU --batch-size)")  # fmt: skip
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
                    help="width*height above which an image is refused (serving's default)")  # fmt: skip
     p.add_argument("--trusted-public-key", default=None,
@@ -109,8 +119,10 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         actor_cpus=args.actor_cpus,
         min_actors=args.min_actors,
         max_actors=args.max_actors,
+        decode_on=args.decode_on,
         decode_cpus=args.decode_cpus,
         batch_size=args.batch_size,
+        forward_batch_size=args.forward_batch_size,
         max_image_pixels=args.max_image_pixels,
         trusted_public_key=args.trusted_public_key,
         faces=args.faces,

@@ -94,7 +94,7 @@ def cluster_gpus() -> float:
 
 def pool_sizes(cfg: BatchConfig, num_gpus: float) -> tuple[int, int]:
     """(min, max) model actors. Default max: every GPU share the cluster has; without GPUs,
-    half its CPUs' worth of actors, the other half left to decoding (bench/batch.py)."""
+    as many actors as its CPUs hold (each decodes its own images: decode_on actor)."""
     import ray
 
     if cfg.max_actors:
@@ -102,9 +102,34 @@ def pool_sizes(cfg: BatchConfig, num_gpus: float) -> tuple[int, int]:
     if num_gpus > 0:
         most = int(cluster_gpus() // num_gpus)
     else:
-        cpus = float(ray.cluster_resources().get("CPU", 1))
-        most = int(cpus // 2 // cfg.actor_cpus)
+        most = int(float(ray.cluster_resources().get("CPU", 1)) // cfg.actor_cpus)
     return cfg.min_actors, max(cfg.min_actors, most, 1)
+
+
+def decode_in_actor(cfg: BatchConfig, num_gpus: float) -> bool:
+    """Where images are decoded. In the model actor on CPU: Ray Data fuses a task stage into
+    the actor stage after it when both ask for the same resources, so the pixels never cross
+    the object store and no CPU waits for the other stage (measured on 2 cores,
+    bench/results/batch.md). With GPUs in tasks: the GPU actor's few CPUs would decode in
+    series with its forward passes, while the nodes' other CPUs stood idle."""
+    if cfg.decode_on == "auto":
+        return num_gpus == 0
+    return cfg.decode_on == "actor"
+
+
+def check_room_to_decode(cfg: BatchConfig, min_actors: int) -> None:
+    """CPU actors with decode tasks beside them: the actors keep their CPUs for the whole run,
+    and a decode task that finds none left waits forever (a 2-CPU Ray with one 2-CPU actor
+    hung so). Refuse instead."""
+    import ray
+
+    cpus = float(ray.cluster_resources().get("CPU", 0))
+    if min_actors * cfg.actor_cpus + cfg.decode_cpus > cpus:
+        raise JobError(
+            f"--decode-on tasks: {min_actors} model actors x {cfg.actor_cpus} CPUs leave no "
+            f"{cfg.decode_cpus} CPU for a decode task on this cluster ({cpus:g} CPUs); lower "
+            "--actor-cpus or --min-actors, or decode in the actors (--decode-on actor)"
+        )
 
 
 def run(cfg: BatchConfig) -> Summary:
@@ -156,11 +181,16 @@ def run(cfg: BatchConfig) -> Summary:
             num_cpus=cfg.actor_cpus,
         )
     else:
+        in_actor = decode_in_actor(cfg, num_gpus)
+        if not in_actor and num_gpus == 0:
+            check_room_to_decode(cfg, min_actors)
         ds = ds.map_batches(
             decode_batch,
             fn_kwargs={"spec": spec, "max_pixels": cfg.max_image_pixels},
             batch_size=cfg.batch_size,
-            num_cpus=cfg.decode_cpus,
+            # The actor's own resources: Ray Data fuses this stage into the actor's.
+            num_cpus=cfg.actor_cpus if in_actor else cfg.decode_cpus,
+            num_gpus=num_gpus if in_actor else 0,
         )
     ds = ds.map_batches(
         Predictor,
@@ -169,7 +199,7 @@ def run(cfg: BatchConfig) -> Summary:
             "spec": spec,
             "device": cfg.device,
             "precision": cfg.precision,
-            "max_batch_size": cfg.batch_size,
+            "max_batch_size": cfg.forward_batch_size,
             "faces": cfg.faces,
         },
         batch_size=cfg.batch_size,
@@ -187,7 +217,8 @@ def run(cfg: BatchConfig) -> Summary:
     summary.settings = {
         "device": cfg.device, "precision": cfg.precision, "num_gpus_per_actor": num_gpus,
         "actor_cpus": cfg.actor_cpus, "actors": [min_actors, max_actors],
-        "batch_size": cfg.batch_size,
+        "decode_on": "actor" if cfg.faces or decode_in_actor(cfg, num_gpus) else "tasks",
+        "batch_size": cfg.batch_size, "forward_batch_size": cfg.forward_batch_size,
     }  # fmt: skip
     fs, path = filesystem(cfg.output)
     with fs.open(posixpath.join(path, SUMMARY_FILE), "wb") as f:

@@ -191,9 +191,10 @@ class Predictor:
         spec: PreprocessSpec,
         device: str,
         precision: str,
-        max_batch_size: int,
+        max_batch_size: int | None,
         faces: bool,
     ):
+        from serve_app.config import ModelConfig
         from serve_app.model.inference import load_model
 
         torch.set_num_threads(replica_cpu_share())  # Ray starts actors with 1 OpenMP thread
@@ -202,6 +203,15 @@ class Predictor:
         if self.model.uri != model_uri or PreprocessSpec.of(meta) != spec:
             # The driver resolved the version once; every actor must run exactly that one.
             raise ArtifactError(f"{model_uri} changed under the job (now {self.model.uri})")
+        # Images per forward pass. On CPU serving's own default (16): per image, resnet34 and
+        # mobilenet_v3_small forward 1.4-2.3x slower at batch 64 than at 8-16 on this 2-core
+        # box (the model-only rows of bench/results/batch.md); a GPU wants the whole batch.
+        if max_batch_size is None:
+            max_batch_size = (
+                ModelConfig.model_fields["max_batch_size"].default
+                if self.model.device.type == "cpu"
+                else 1 << 30
+            )
         self.max_batch_size = max_batch_size
         self.faces = faces
         self.labels = list(meta.labels)
