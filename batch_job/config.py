@@ -31,6 +31,7 @@ class BatchConfig:
     decode_on: str = "auto"  # actor | tasks | auto: tasks with GPUs, the actor without
     decode_cpus: float = 1.0  # per decode task (decode_on: tasks)
     batch_size: int = 64
+    rows_per_file: int | None = 10_000  # at least, per Parquet file
     forward_batch_size: int | None = None  # None: serving's max_batch_size on CPU, else batch_size
     max_image_pixels: int = _default(AppArgs, "max_image_pixels")
     trusted_public_key: str | None = None
@@ -79,11 +80,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--decode-cpus", type=float, default=d.decode_cpus,
                    help="CPUs per decode task with --decode-on tasks (default %(default)s)")  # fmt: skip
     p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help="images per Ray Data batch: per decode call, model actor call and "
-                   "output file (default %(default)s)")  # fmt: skip
+                   help="images per Ray Data batch: per decode call and model actor call "
+                   "(default %(default)s)")  # fmt: skip
     p.add_argument("--forward-batch-size", type=int, default=None,
                    help="images per forward pass (default: on CPU serving's max_batch_size, "
                    f"{_default(ModelConfig, 'max_batch_size')}; on a GPU --batch-size)")  # fmt: skip
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file,
+                   help="rows per Parquet file, at least (the last file may hold fewer; "
+                   "default %(default)s)")  # fmt: skip
     p.add_argument("--max-image-pixels", type=int, default=d.max_image_pixels,
                    help="width*height above which an image is refused (serving's default)")  # fmt: skip
     p.add_argument("--trusted-public-key", default=None,
@@ -123,6 +127,7 @@ def config_from_args(args: argparse.Namespace) -> BatchConfig:
         decode_cpus=args.decode_cpus,
         batch_size=args.batch_size,
         forward_batch_size=args.forward_batch_size,
+        rows_per_file=args.rows_per_file,
         max_image_pixels=args.max_image_pixels,
         trusted_public_key=args.trusted_public_key,
         faces=args.faces,

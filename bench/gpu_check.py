@@ -263,11 +263,7 @@ def serve_once(s: dict, uri: str, image: Path, decode_on: str, env: dict) -> tup
         cfg, log_path = Path(tmp) / "config.yaml", Path(tmp) / "serve.log"
         cfg.write_text(yaml.safe_dump(config))
         with open(log_path, "wb") as log:
-            proc = subprocess.Popen(
-                [str(Path(PY).with_name("serve")), "run", str(cfg)], cwd=ROOT,
-                start_new_session=True, stdout=log, stderr=subprocess.STDOUT,
-                env={**os.environ, **env},
-            )  # fmt: skip
+            proc = serving_bench.start_serve_run(cfg, log, env)
             try:
                 started = time.perf_counter()
                 try:

@@ -27,6 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import IO
 
 import httpx
 import numpy as np
@@ -84,6 +85,18 @@ def wait_ready(url: str, timeout: float, proc: subprocess.Popen) -> None:
             pass
         time.sleep(0.5)
     raise TimeoutError(url)
+
+
+def start_serve_run(config: Path, log: IO[bytes], env: dict[str, str]) -> subprocess.Popen:
+    """`serve run config` in its own session, stopped by stop() with Ctrl-C's SIGINT. SIGINT
+    is set back to its default in the child: a benchmark started in the background (``&``, CI,
+    a test) passes SIGINT on ignored, and serve run then ignored stop()'s Ctrl-C and was killed
+    after 60 s (each of gpu_check's smoke runs lost 60 s to it)."""
+    return subprocess.Popen(
+        [str(Path(PY).with_name("serve")), "run", str(config)], cwd=ROOT, start_new_session=True,
+        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )  # fmt: skip
 
 
 def stop(proc: subprocess.Popen) -> None:
@@ -152,10 +165,7 @@ def serving(model_uri: str, overrides: dict, env: dict) -> Iterator[tuple[subpro
         cfg = Path(tmp) / "config.yaml"
         cfg.write_text(yaml.safe_dump(serve_config(model_uri, port, overrides)))
         log = open(Path(tmp) / "serve.log", "wb")  # noqa: SIM115 (closed with the directory)
-        proc = subprocess.Popen(
-            [str(Path(PY).with_name("serve")), "run", str(cfg)], cwd=ROOT, start_new_session=True,
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **env},
-        )  # fmt: skip
+        proc = start_serve_run(cfg, log, env)
         try:
             try:
                 wait_ready(f"http://127.0.0.1:{port}/readyz", 180, proc)

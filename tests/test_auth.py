@@ -20,6 +20,7 @@ from serve_app import keys as key_file
 from tests import images
 from tests.harness import ROOT, deployment, wait_for
 from tests.test_metrics import metrics_url
+from tests.test_openapi import check
 
 pytestmark = pytest.mark.serve
 
@@ -83,6 +84,7 @@ def test_keys_required_except_on_open_routes(keyed, served):
     assert doc["paths"]["/classify"]["post"]["security"] == [{"bearer": []}, {"apiKey": []}]
     assert {"401", "429"} <= set(doc["paths"]["/classify"]["post"]["responses"])
     assert "security" not in doc["paths"]["/healthz"]["get"]
+    check(doc, "POST", "/classify", missing)  # the 401 as the document declares it
 
 
 def test_quotas_answer_429_with_retry_after_across_replicas(keyed, served, figures):
@@ -90,6 +92,7 @@ def test_quotas_answer_429_with_retry_after_across_replicas(keyed, served, figur
     what the quota allows plus the bound the design states ((N - 1) x (burst + rate x push
     interval) with N = 2), the rest 429 with Retry-After; bob's requests meanwhile unaffected."""
     answers: list[tuple[float, int, str | None]] = []
+    refusals: list[httpx.Response] = []
     stop = threading.Event()
 
     def client(key: str) -> None:
@@ -101,6 +104,8 @@ def test_quotas_answer_429_with_retry_after_across_replicas(keyed, served, figur
                     files={"image": ("a.jpg", JPEG, "image/jpeg")},
                 )
                 answers.append((time.monotonic(), r.status_code, r.headers.get("retry-after")))
+                if r.status_code == 429 and not refusals:
+                    refusals.append(r)
 
     time.sleep(1.2)  # alice's buckets full again after the earlier tests
     threads = [threading.Thread(target=client, args=(keyed["alice"],)) for _ in range(8)]
@@ -124,9 +129,11 @@ def test_quotas_answer_429_with_retry_after_across_replicas(keyed, served, figur
     )  # fmt: skip
     assert ok <= allowed + bound, (ok, allowed, bound)
     assert ok >= 5 * seconds * 0.6  # and the quota is not starved either
+    doc = served.http.get("/openapi.json").json()
+    check(doc, "POST", "/classify", refusals[0])  # the 429 as the document declares it
     assert post(served, keyed["bob"]).status_code == 200
-    # The images quota: a batch counts its images (16 > what 120 a minute leaves after the
-    # requests above within a minute... alice's images bucket holds 120: 120 / 16 batches).
+    # The images quota: a batch counts its 16 images; alice's images bucket holds 120 a minute,
+    # so at most 120 // 16 batches pass (fewer: the requests above took some).
     batch = {"files": [("image", (f"{i}.jpg", JPEG, "image/jpeg")) for i in range(16)]}
     statuses = []
     for _ in range(12):

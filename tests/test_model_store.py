@@ -234,7 +234,9 @@ def test_half_precision_matches_float32_on_cpu(served_artifact, dtype):
         reference = load_torchscript(artifact, cpu, torch.float32)(faces)
         module = load_torchscript(artifact, cpu, dtype)
         out = module(faces.to(dtype))
-    assert reference.std() > 0.05  # outputs vary: a dtype bug would show
+    # Outputs spread (not all 0.5): a dtype bug would show. TinyNet moves 4 of its 40 outputs
+    # with the image's colours, so the spread, not the std over all 40, is the measure.
+    assert reference.max() - reference.min() > 0.2
     assert out.dtype == dtype and out.shape == reference.shape
     diff = (out.float() - reference).abs().max().item()
     assert diff <= MAX_PROB_DIFF[dtype], f"{dtype}: max |dp| {diff:.5f}"
