@@ -26,7 +26,7 @@ class BatchConfig:
     precision: str = "float32"
     num_gpus: float | None = None  # per model actor; None: 1 when the cluster has GPUs
     actor_cpus: float = 1.0
-    min_actors: int = 1
+    min_actors: int | None = None  # None: batch_job.job.pool_sizes
     max_actors: int | None = None  # None: batch_job.job.pool_sizes
     decode_on: str = "auto"  # actor | tasks | auto: tasks with GPUs, the actor without
     decode_cpus: float = 1.0  # per decode task (decode_on: tasks)
@@ -69,10 +69,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "cluster has GPUs and --device is not cpu, else 0")  # fmt: skip
     p.add_argument("--actor-cpus", type=float, default=d.actor_cpus,
                    help="CPUs per model actor; its torch threads (default %(default)s)")  # fmt: skip
-    p.add_argument("--min-actors", type=int, default=d.min_actors)
+    p.add_argument("--min-actors", type=int, default=None,
+                   help="model actors from the start (default: as many as the cluster holds "
+                   "now, at most --max-actors)")  # fmt: skip
     p.add_argument("--max-actors", type=int, default=None,
-                   help="model actors at most (default: one per GPU share; without GPUs, as "
-                   "many as the cluster's CPUs hold)")  # fmt: skip
+                   help="model actors at most; above --min-actors the pool grows while work "
+                   "queues, onto nodes the autoscaler adds (default: as many as the cluster "
+                   "holds now: one per GPU share; without GPUs, as many as its CPUs hold)")  # fmt: skip
     p.add_argument("--decode-on", choices=("auto", "actor", "tasks"), default=d.decode_on,
                    help="actor: each model actor decodes its own images; tasks: Ray Data "
                    "tasks decode on any node's CPUs and pixels travel to the actors; auto "

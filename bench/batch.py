@@ -53,9 +53,9 @@ LAYOUTS = {
     "1 actor x 1 thread": ["--max-actors", "1"],
     "decode tasks + 1 actor x 1 thread": ["--max-actors", "1", "--decode-on", "tasks"],
 }
-# Images per run: the large run about 3x the small one, each long enough that start-up
+# Images per run: the large run 3-4x the small one, each long enough that start-up
 # (~4 s: actors, model load) is a minor part of the large one.
-SIZES = {"mobilenet_v3_small": (1500, 4500), "resnet34": (200, 600)}
+SIZES = {"mobilenet_v3_small": (1500, 4500), "resnet34": (300, 1200)}
 
 
 def model_rows(model_uri: str) -> list[dict]:
