@@ -220,12 +220,12 @@ def run_serve(
     return result
 
 
-def keyed(overrides: dict, workdir: Path) -> tuple[dict, str]:
+def keyed(overrides: dict, workdir: Path, name: str) -> tuple[dict, str]:
     """Overrides that turn API keys on (one key, with a quota no load reaches: its check runs
-    but never refuses), and the key."""
+    but never refuses), and the key; a key file per ``name`` (each backbone's run)."""
     from serve_app import keys as key_file
 
-    path = workdir / "keys.yaml"
+    path = workdir / f"keys-{name}.yaml"
     key = key_file.add(path, "bench", rps=1e9, per_minute=10**12)
     return {**overrides, "args.api_keys_file": str(path)}, key
 
@@ -537,7 +537,7 @@ def main() -> None:
             systems = {"ray-serve": serve}
             if args.keys:
                 print(f"== {backbone}: ray-serve with API keys and a quota", flush=True)
-                keyed_overrides, key = keyed(overrides, Path(tmp))
+                keyed_overrides, key = keyed(overrides, Path(tmp), backbone)
                 systems["ray-serve-keys"] = run_serve(
                     uri, images, args.levels, args.seconds, keyed_overrides, env, key, False
                 )

@@ -383,6 +383,31 @@ def test_tampered_artifact_refused_old_model_keeps_serving(served, model_store):
     assert top_label(classify(served.http, images.solid(images.RED))) == CELEBA_LABELS[0]
 
 
+def test_a_busy_model_keeps_calls_waiting_instead_of_refusing_them(served, tmp_path):
+    """One forward at a time (max_ongoing_requests 1) of a slow model, one image per call and
+    24 callers: most calls wait over a second for the replica to take them, while it answers
+    one every ~0.1 s. Old code: 503 model_unavailable "no model replica is running; retry" to
+    every call not taken within 1 s (the bound meant for a deployment without replicas); now
+    they wait in Serve's queue and all are answered."""
+    from tests.artifacts import write_tiny_artifact
+    from tests.harness import deployment
+
+    write_tiny_artifact(str(tmp_path), version="slow", slow=64)  # ~0.12 s per pass here
+    config = served.base_config(
+        model_uri=str(tmp_path / "face-attributes" / "slow"), max_batch_size=1
+    )
+    app = config["applications"][0]
+    app["args"].update(images_per_model_call=1, model_calls_in_flight=24)
+    deployment(app, "FaceAttributeModel").update(max_ongoing_requests=1, max_queued_requests=64)
+    served.deploy(config)
+    try:
+        responses = concurrent_classify(served.url, 24, images.solid())
+        statuses = [r.status_code for r in responses]
+        assert statuses == [200] * 24, [r.text for r in responses if r.status_code != 200][:3]
+    finally:
+        served.deploy(served.base_config())
+
+
 def test_overload_gets_fast_503_with_retry_after(served):
     """A burst past the model's tiny queue: every answer is a 200 or a clean 503, and the 503s
     of that same burst (at least one) say 'overloaded' with Retry-After."""
