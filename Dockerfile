@@ -12,7 +12,7 @@ FROM rayproject/ray:${RAY_VERSION}-${RAY_IMAGE_VARIANT}
 ARG TORCH_INDEX_URL=""
 ENV PYTHONUNBUFFERED=1 RAY_AUTH_MODE=token
 # Ray Serve's fast path: the values of serve.env (a test keeps them equal).
-ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1
+ENV RAY_SERVE_THROUGHPUT_OPTIMIZED=1 RAY_SERVE_ENABLE_HA_PROXY=1 OMP_WAIT_POLICY=PASSIVE
 # HAProxy through the guard (stats/metrics on loopback, private admin socket, no orphans);
 # relative to WORKDIR, where Ray starts.
 ENV RAY_SERVE_HAPROXY_BINARY_PATH=serve_app/haproxy_guard.py

@@ -83,7 +83,7 @@ demo: train serve
 cluster-demo: train
 	env $(LOCAL_RAY_ENV) env $(SERVE_ENV) $(PY) -m local_cluster --model-uri $(DEMO_STORE)/face-attributes/latest
 
-bench: install  ## serving benchmark: table and plot in bench/results/ (about 10 minutes)
+bench: install  ## serving benchmark: table and plot in bench/results/ (about 12 minutes)
 	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[bench]"
 	$(PY) -m bench.run
 
