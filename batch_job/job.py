@@ -95,10 +95,11 @@ def cluster_gpus() -> float:
 def pool_sizes(cfg: BatchConfig, num_gpus: float, other_cpus: float) -> tuple[int, int]:
     """(min, max) model actors. What the cluster holds now: one actor per GPU share; without
     GPUs, as many as its CPUs hold beside ``other_cpus`` (a decode task's, or the face
-    detector actors'). Both default to it: the pool starts full, because Ray Data grows a pool only while
-    work queues, and a pool started at one actor stayed at one on 2 cores (4,500 images:
-    296-328 img/s against 447-454 with both actors from the start, mobilenet_v3_small).
-    A --max-actors above it lets the pool grow onto nodes the autoscaler adds."""
+    detector actors'). Both default to it: the pool starts full, because Ray Data grows a
+    pool only while work queues, and a pool started at one actor stayed at one on 2 cores
+    (4,500 images: 296-328 img/s against 447-454 with both actors from the start,
+    mobilenet_v3_small). A --max-actors above it lets the pool grow onto nodes the
+    autoscaler adds."""
     import ray
 
     if num_gpus > 0:
@@ -232,7 +233,7 @@ def run(cfg: BatchConfig) -> Summary:
     summary.settings = {
         "device": cfg.device, "precision": cfg.precision, "num_gpus_per_actor": num_gpus,
         "actor_cpus": cfg.actor_cpus, "actors": [min_actors, max_actors],
-        "decode_on": "actor" if cfg.faces or decode_in_actor(cfg, num_gpus) else "tasks",
+        "decode_on": "actor" if in_actor else "tasks",
         "batch_size": cfg.batch_size, "forward_batch_size": cfg.forward_batch_size,
     }  # fmt: skip
     fs, path = filesystem(cfg.output)

@@ -200,13 +200,15 @@ def run_serve(
     overrides: dict,
     env: dict,
     api_key: str | None = None,
-    faces: bool = True,
+    photos: bool = True,
 ) -> dict:
+    """The CelebA-sized JPEG at every level; with ``photos`` also the 1920x1080 photo and the
+    one-face photo through /classify and /faces."""
     with serving(model_uri, overrides, env) as (proc, port):
         base = f"http://127.0.0.1:{port}"
         rows = load(f"{base}/classify", images["celeba"], levels, seconds, proc.pid, api_key)
         result = {"celeba": rows}
-        if faces:
+        if photos:
             print("    1920x1080 photo:", flush=True)
             result["photo"] = load(f"{base}/classify", images["photo"], [1, 8], seconds, proc.pid)
             print("    a one-face photo (512x512): /classify, then /faces", flush=True)
@@ -539,8 +541,9 @@ def main() -> None:
                 print(f"== {backbone}: ray-serve with API keys and a quota", flush=True)
                 keyed_overrides, key = keyed(overrides, Path(tmp), backbone)
                 systems["ray-serve-keys"] = run_serve(
-                    uri, images, args.levels, args.seconds, keyed_overrides, env, key, False
-                )
+                    uri, images, args.levels, args.seconds, keyed_overrides, env, key,
+                    photos=False,
+                )  # fmt: skip
             for mode in [] if args.no_baseline else args.baselines:
                 for threads in args.baseline_threads:
                     print(f"== {backbone}: baseline ({mode}, {threads} threads)", flush=True)

@@ -298,10 +298,10 @@ def test_the_rayservice_needs_api_keys_from_a_mounted_secret():
     of the Secret face-attributes-api-keys, mounted read-only where an Ingress can run."""
     import posixpath
 
-    service = yaml.safe_load((ROOT / "kuberay" / "rayservice.yaml").read_text())
+    service = manifest("RayService")
     app = yaml.safe_load(service["spec"]["serveConfigV2"])["applications"][0]
     path = app["args"]["api_keys_file"]
-    cluster = service["spec"]["rayClusterConfig"]
+    cluster = cluster_spec(service)
     ingress_groups = [cluster["headGroupSpec"]] + [
         g for g in cluster["workerGroupSpecs"]
         if g.get("labels", {}).get("face-attributes/node-type") == "cpu-workers"

@@ -150,12 +150,13 @@ async def _until_assigned(response: Any, name: str, what: str) -> None:
             return
         except asyncio.TimeoutError:
             now = loop.time()
-            if _answering(name, now) and now - started < ASSIGN_LIMIT_S:
+            out_of_time = now - started >= ASSIGN_LIMIT_S
+            if _answering(name, now) and not out_of_time:
                 timeout = ASSIGN_RECHECK_S
                 continue
             assigned.cancel()
             response.cancel()
-            if now - started >= ASSIGN_LIMIT_S:
+            if out_of_time:
                 raise overloaded(
                     f"no {what} replica took the call in {ASSIGN_LIMIT_S:g} s"
                 ) from None
