@@ -156,6 +156,15 @@ def test_verdicts():
     # 2 s for up to 32 images is 62 ms each, against the stable's 6 ms each (30 ms for 5-8).
     piled_up = [{"batch": "17-32", "images": 300, "p50_ms": 1500.0, "p99_ms": 2000.0}]
     assert verdict_of(service=piled_up).outcome == "fail"
+    # A tiny stable model's passes are ~2 ms: a candidate 14x slower per image (155 ms for up
+    # to 16 images against 2 ms for 3-4) is 144 ms slower over a pass of its own batch size,
+    # far past the 10 ms slack, though only 9 ms per image (CI saw it pass shadow that way).
+    rows = entries(service=[{"batch": "9-16", "images": 126, "p50_ms": 120.0, "p99_ms": 155.0}])
+    rows[0]["service"] = [{"batch": "3-4", "images": 700, "p50_ms": 1.5, "p99_ms": 2.03}]
+    verdict = judge(
+        figures(rows, "s", "candidate", "v2"), figures(rows, "s", "stable", None), Policy()
+    )
+    assert verdict.outcome == "fail" and "+144" in verdict.reasons[0], verdict
     small = [{"batch": "2", "images": 300, "p50_ms": 5.0, "p99_ms": 7.0}]  # a canary's share
     assert verdict_of(service=small).outcome == "pass"  # pass for pass vs the stable's 5-8
     tiny = [{"batch": "1", "images": 100, "p50_ms": 1.0, "p99_ms": 2.0}]
