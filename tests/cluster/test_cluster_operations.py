@@ -1,4 +1,5 @@
-"""Scaling nodes, node loss under load and training across nodes on the local cluster (#14.3-5).
+"""Scaling nodes, node loss under load, training and a batch job across nodes on the local
+cluster.
 
 One LocalCluster start for all of it: tests/cluster/operations_scenario.py runs the phases in
 sequence in a subprocess (its own Ray) and writes one JSON; each test here checks its phase.
@@ -18,6 +19,7 @@ import sys
 
 import pytest
 
+from tests.cluster import batch_scenario
 from tests.harness import ROOT
 
 pytestmark = [pytest.mark.cluster, pytest.mark.slow, pytest.mark.own_ray]
@@ -165,3 +167,9 @@ def test_training_spreads_over_two_nodes_and_resumes_on_a_replacement(operations
         f"Resuming cluster-train from its checkpoint after epoch {last}"
     ]
     assert train["artifact"]["epochs_trained"] == train["epochs"]
+
+
+def test_batch_job_loses_a_model_node_and_writes_every_input_once(operations):
+    """The batch job's two model actors on two gpu-workers nodes, one node lost mid-run: the
+    job goes on and writes every input exactly once (tests/cluster/batch_scenario.py)."""
+    batch_scenario.check(phase(operations, "batch"))
