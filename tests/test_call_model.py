@@ -63,14 +63,15 @@ async def timed(coro) -> tuple[object, float]:
 
 def test_a_busy_deployment_that_is_answering_keeps_the_call_waiting():
     """Old code: 503 model_unavailable "no model replica is running" after 1 s, although the
-    deployment had answered a moment before and took the call 1.8 s in."""
+    deployment had answered a moment before and took the call 1.8 s in. (The last other answer, at
+1.5 s, keeps the answering window open past 1.8 s, so no event loop lag can close it first.)"""
 
     async def scenario():
         await call_model(FakeMethod(assign_after=0.0), 1)  # the deployment answers
         busy = FakeMethod(assign_after=1.8)
         answers = []
-        for _ in range(3):  # its other calls keep finishing while this one waits
-            answers.append(asyncio.create_task(call_model(FakeMethod(assign_after=0.5), 2)))
+        for after in (0.5, 1.0, 1.5):  # its other calls keep finishing while this one waits
+            answers.append(asyncio.create_task(call_model(FakeMethod(assign_after=after), 2)))
         result = await timed(call_model(busy, 3))
         await asyncio.gather(*answers)
         return result
