@@ -391,6 +391,9 @@ def phase_scale(cluster: LocalCluster, client: ServeSubmissionClient, url: str) 
     with Timeline(checks) as timeline:
         with ClosedLoopLoad(url, clients=8, images=image, max_seconds=150) as load:
             timeline.wait("first_request_on_new_replica", 150)
+            # Its RUNNING state is seen by a poll of Serve's details, which a loaded dashboard
+            # can answer late: the load goes on until that poll saw it too.
+            timeline.wait("replica_ready", 60)
             time.sleep(2)
         load_stopped = now()
         replica_gone = wait_for(
