@@ -63,8 +63,9 @@ async def timed(coro) -> tuple[object, float]:
 
 def test_a_busy_deployment_that_is_answering_keeps_the_call_waiting():
     """Old code: 503 model_unavailable "no model replica is running" after 1 s, although the
-    deployment had answered a moment before and took the call 1.8 s in. (The last other answer, at
-1.5 s, keeps the answering window open past 1.8 s, so no event loop lag can close it first.)"""
+    deployment had answered a moment before and took the call 1.8 s in. (The last other
+    answer, at 1.5 s, keeps the answering window open past 1.8 s: no event loop lag closes it
+    first.)"""
 
     async def scenario():
         await call_model(FakeMethod(assign_after=0.0), 1)  # the deployment answers
